@@ -1,0 +1,44 @@
+# promptlab: `make demo` and `make test` set up the virtual environment on first use (about 2 minutes).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.promptlab-installed
+PYTEST_ARGS ?=
+# Threads per process: the demo and tests start several processes on small machines.
+export OMP_NUM_THREADS ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: help setup demo test test-slow test-all bench lint study clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create/update the virtual environment ($(VENV), or VENV=path)
+
+demo: $(STAMP)  ## the main job on the offline default: zero-shot, CoOp, CoCoOp on the toy world, 2 seeds -> table + figure
+	$(PY) -m promptlab.train -m experiment=demo
+
+test: $(STAMP)  ## the fast test suite (what CI runs first)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP)  ## the slow end-to-end tests (sweeps, DDP, the study's direction)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow  ## both suites
+
+bench: $(STAMP)  ## throughput of CoOp/CoCoOp training and evaluation vs naive loops -> outputs/bench/latest.json
+	$(PY) -m promptlab.bench $(BENCH_ARGS)
+
+study: $(STAMP)  ## the spurious-background study: 4 methods x 3 strengths x seeds -> table + figure
+	$(PY) -m promptlab.train -m experiment=spurious_study
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check src tests
+
+clean:  ## remove outputs (keeps the venv and generated data)
+	rm -rf outputs/runs outputs/sweeps outputs/tables outputs/cache

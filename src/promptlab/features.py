@@ -1,0 +1,112 @@
+"""Frozen image features, computed once: per run for training images, on disk across a sweep for test sets.
+
+The image encoder is frozen, so its output for an image depends only on (weights, image, transform,
+numeric precision). Test features do not depend on the method or the seed: the jobs of a sweep share
+them through an on-disk cache keyed by exactly those inputs, written atomically so parallel jobs never
+read a half-written file. Training features are exact stand-ins for the images when the training
+transform is deterministic (augment=none); with random augmentation they are exact only as K fixed
+augmented views per image (a different, documented, training distribution), see conf/method/*.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from promptlab.clip.frozen import FrozenCLIP
+from promptlab.data.types import Datum
+
+log = logging.getLogger(__name__)
+
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def autocast_context(precision: str, device: torch.device):
+    """The autocast Lightning applies for `precision`, usable outside the training loop."""
+    dtype = AUTOCAST.get(str(precision))
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def encode_images(
+    clip: FrozenCLIP,
+    dataset: Dataset,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    precision: str = "32",
+    desc: str = "encode images",
+) -> torch.Tensor:
+    """Normalised image embeddings [N, D] (float32, CPU) of a dataset yielding dict(image=...)."""
+    device = torch.device(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    out = []
+    with autocast_context(precision, device):
+        for batch in tqdm(loader, desc=desc, leave=False, disable=None):
+            out.append(clip.encode_image(batch["image"].to(device, non_blocking=True)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, clip.embed_dim)
+
+
+def items_fingerprint(items: Sequence[Datum]) -> str:
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{item.impath}\t{item.label}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_key(clip: FrozenCLIP, items: Sequence[Datum], transform: object, precision: str, extra: str = "") -> str:
+    """Everything an image feature depends on: weights, images (paths+labels), transform, precision."""
+    payload = json.dumps(
+        {
+            "weights": clip.checkpoint_id,
+            "weights_dtype": str(clip.dtype),
+            "items": items_fingerprint(items),
+            "transform": repr(transform),
+            "autocast": str(AUTOCAST.get(str(precision), "none")),
+            "extra": extra,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cached_features(cache_dir: Path | None, key: str, compute: Callable[[], torch.Tensor], label: str) -> torch.Tensor:
+    """Load features stored under `key`, or compute and store them (atomically)."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / "features" / f"{key}.pt"
+    if path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            log.info("image features of %s loaded from cache %s", label, path)
+            return stored["features"]
+        except (RuntimeError, KeyError, EOFError) as err:  # a corrupt cache file is recomputed, not fatal
+            log.warning("ignoring unreadable feature cache %s (%s)", path, err)
+    features = compute()
+    save_atomic({"features": features, "label": label}, path)
+    return features

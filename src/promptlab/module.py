@@ -1,0 +1,147 @@
+"""One LightningModule for every method: frozen CLIP + a prompt learner, cross-entropy, micro top-1.
+
+Zero-shot is the same module with a fixed prompt and no fitting. Only the learner's tensors are
+trainable, handed to the optimiser and saved in checkpoints; the frozen CLIP is rebuilt from its
+config. Evaluation on another class list (novel classes, another dataset) is `learner.set_classnames`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from promptlab.clip.frozen import FrozenCLIP
+from promptlab.prompts.base import PromptLearner, logits_from_features
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the message names the run and what to change."""
+
+
+def warmup_cosine_factor(epoch: int, max_epochs: int, warmup_epochs: int, warmup_lr: float, base_lr: float) -> float:
+    """Learning-rate multiplier of epoch `epoch` (0-based), as Dassl's ConstantWarmupScheduler + cosine.
+
+    Epochs < warmup_epochs run at the constant `warmup_lr`; afterwards the successor
+    CosineAnnealingLR(T_max=max_epochs) starts from the base lr and is stepped once per epoch, so
+    epoch e >= warmup runs at base_lr * 0.5 * (1 + cos(pi * (e - warmup) / max_epochs)) (Dassl
+    dassl/optim/lr_scheduler.py; T_max is the full max_epoch there, not max_epoch - warmup).
+    """
+    if epoch < warmup_epochs:
+        return warmup_lr / base_lr
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max_epochs))
+
+
+class PromptLearningModule(L.LightningModule):
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        learner: PromptLearner,
+        lr: float = 0.002,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        max_epochs: int = 1,
+        warmup_epochs: int = 1,
+        warmup_lr: float = 1e-5,
+        run_name: str = "run",
+    ) -> None:
+        super().__init__()
+        self.clip = clip
+        self.learner = learner
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.max_epochs, self.warmup_epochs, self.warmup_lr = max_epochs, warmup_epochs, warmup_lr
+        self.run_name = run_name
+        self.train_acc = MulticlassAccuracy(num_classes=max(len(learner.classnames), 2), average="micro")
+        self._eval_text: torch.Tensor | None = None
+        self.eval_acc: MulticlassAccuracy | None = None
+        self.eval_count = SumMetric()
+        self.last_eval: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- forward
+    def image_features(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "feature" in batch:
+            return batch["feature"].float()
+        return self.clip.encode_image(batch["image"])
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        text = self.learner(self.clip, image_features)
+        return logits_from_features(image_features, text.float(), self.clip.logit_scale())
+
+    # ----------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        # The learner's class list is the training list; rebuild buffers on the training device.
+        self.train_acc = MulticlassAccuracy(num_classes=max(len(self.learner.classnames), 2),
+                                            average="micro").to(self.device)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        feats = self.image_features(batch)
+        text = self.learner(self.clip, feats)
+        logits = logits_from_features(feats, text.float(), self.clip.logit_scale())
+        labels = batch["label"]
+        ce = F.cross_entropy(logits, labels)
+        loss = ce
+        extra = self.learner.regularization(self.clip, text.float())
+        if extra is not None:
+            loss = loss + extra
+            self.log("train/reg", extra.detach(), on_step=False, on_epoch=True)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"run '{self.run_name}': non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
+                f"step {self.global_step}. Typical causes: fp16 weights (use model.weights_dtype=fp32 and "
+                "trainer.precision=bf16-mixed or 32) or a learning rate that is too high (method.lr)."
+            )
+        self.train_acc(logits.argmax(dim=-1), labels)
+        self.log("train/loss", ce.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.learner.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda epoch: warmup_cosine_factor(epoch, self.max_epochs, self.warmup_epochs, self.warmup_lr, self.lr),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ----------------------------------------------------------------- evaluation
+    def on_test_epoch_start(self) -> None:
+        num_classes = len(self.learner.classnames)
+        self.eval_acc = MulticlassAccuracy(num_classes=max(num_classes, 2), average="micro").to(self.device)
+        self.eval_count = SumMetric().to(self.device)
+        self._eval_text = None
+        if not self.learner.instance_conditional:
+            with torch.no_grad():  # static prompts: one text pass for the whole test set
+                self._eval_text = self.learner(self.clip, None).float()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        feats = self.image_features(batch)
+        if self._eval_text is not None:
+            logits = logits_from_features(feats, self._eval_text, self.clip.logit_scale())
+        else:
+            logits = self(feats)
+        self.eval_acc.update(logits.argmax(dim=-1), batch["label"])
+        self.eval_count.update(torch.tensor(float(batch["label"].shape[0]), device=self.device))
+
+    def on_test_epoch_end(self) -> None:
+        # compute() syncs the metric states across DDP ranks: counts are summed, each image counted once.
+        acc = float(self.eval_acc.compute()) * 100.0
+        count = int(round(float(self.eval_count.compute())))
+        self.last_eval = {"acc": acc, "n_images": count, "n_correct": int(round(acc * count / 100.0))}
+        self.log("test/acc", acc, sync_dist=False)
+        self._eval_text = None
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        # Only the learned tensors: the frozen CLIP is rebuilt from its config (a CoOp checkpoint is KBs).
+        return self.learner.state_dict(destination=destination, prefix=prefix + "learner.", keep_vars=keep_vars)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        learner_state = {k.removeprefix("learner."): v for k, v in state_dict.items() if k.startswith("learner.")}
+        return self.learner.load_state_dict(learner_state, strict=strict, assign=assign)

@@ -1,0 +1,83 @@
+"""The interface every prompt learner implements, and the token layout they share.
+
+A prompt learner turns a class list into class-text embeddings. Static learners (zero-shot, CoOp,
+KgCoOp) give one embedding per class, [C, D]; instance-conditional learners (CoCoOp) give one per
+image and class, [B, C, D]. The frozen CLIP is passed in at call time, never stored, so a learner's
+state dict holds only what it learns (a CoOp checkpoint is a few KB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from promptlab.clip.frozen import FrozenCLIP
+
+
+class PromptLearner(nn.Module):
+    """Base class: subclasses implement `set_classnames` and `forward`."""
+
+    #: True when the text embeddings depend on the image (CoCoOp): evaluation cannot share them.
+    instance_conditional: bool = False
+    #: False for methods with nothing to fit (zero-shot).
+    trainable: bool = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classnames: list[str] = []
+
+    def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
+        """Prepare the fixed parts of the prompts for a class list (training, base, novel, another dataset)."""
+        raise NotImplementedError
+
+    def forward(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised class-text embeddings: [C, D], or [B, C, D] when instance-conditional."""
+        raise NotImplementedError
+
+    def regularization(self, clip: FrozenCLIP, text_features: torch.Tensor) -> torch.Tensor | None:
+        """An extra loss term added to the cross-entropy (KgCoOp); None for most methods."""
+        return None
+
+
+def logits_from_features(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Scaled cosine logits [B, C] for static ([C, D]) or per-image ([B, C, D]) text embeddings."""
+    if text_features.dim() == 2:
+        return logit_scale * image_features @ text_features.t()
+    return logit_scale * torch.einsum("bd,bcd->bc", image_features, text_features)
+
+
+@dataclass
+class PromptTokens:
+    """Tokenised prompts "<ctx words> <classname>." of a class list, split the way the reference does.
+
+    `prefix` is the SOS embedding [C, 1, W]; `suffix` everything after the context (class-name tokens,
+    ".", EOT, padding) [C, T - 1 - n_ctx, W]; `eot_index` [C]; `name_lens` the class-name token counts.
+    With `truncate=True` the sequences stop after the longest EOT (causal text transformer, exact).
+    """
+
+    tokens: torch.Tensor
+    prefix: torch.Tensor
+    suffix: torch.Tensor
+    eot_index: torch.Tensor
+    name_lens: list[int]
+
+
+def tokenize_prompts(clip: FrozenCLIP, ctx_text: str, n_ctx: int, classnames: list[str]) -> PromptTokens:
+    """Tokenise `"{ctx_text} {name}."` for each class and cut SOS / context / suffix (CoOp, Zhou et al. 2022)."""
+    names = [name.replace("_", " ") for name in classnames]
+    texts = [f"{ctx_text} {name}." for name in names]
+    tokens = clip.tokenize(texts)
+    embeddings = clip.embed_tokens(tokens)
+    eot_index = clip.eot_index(tokens)
+    length = int(eot_index.max()) + 1 if clip.truncate_text else tokens.shape[1]
+    return PromptTokens(
+        tokens=tokens,
+        prefix=embeddings[:, :1],
+        suffix=embeddings[:, 1 + n_ctx : length],
+        eot_index=eot_index,
+        name_lens=[clip.name_length(name) for name in names],
+    )

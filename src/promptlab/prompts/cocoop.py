@@ -1,0 +1,100 @@
+"""CoCoOp: context conditioned on each image through a small meta-net (Zhou et al., CVPR 2022).
+
+meta-net: Linear(vis_dim, vis_dim // 16) -> ReLU -> Linear(vis_dim // 16, ctx_dim); its output is
+added to every context vector, so image b and class c get the prompt [SOS, v1+pi_b .. vM+pi_b, CLASS].
+The reference (trainers/cocoop.py) loops over the images of a batch in Python and trains with batch
+size 1. Here all B x C prompts of a batch go through the text encoder as one batched call, in chunks of
+`class_chunk` classes to bound memory (optionally recomputed in backward with activation checkpointing).
+`reference_forward` keeps the per-image loop for equivalence tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from promptlab.clip.frozen import FrozenCLIP
+from promptlab.prompts.base import PromptLearner, tokenize_prompts
+from promptlab.prompts.coop import init_context
+
+
+class CoCoOpPrompts(PromptLearner):
+    instance_conditional = True
+
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        n_ctx: int = 4,
+        ctx_init: str | None = "a photo of a",
+        class_chunk: int | None = None,
+        checkpoint_chunks: bool = False,
+        init_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(init_seed) if init_seed is not None else None
+        vectors, self.ctx_text = init_context(clip, n_ctx, ctx_init, generator)
+        self.n_ctx = vectors.shape[0]
+        self.ctx = nn.Parameter(vectors)
+        vis_dim, hidden = clip.vis_dim, max(clip.vis_dim // 16, 1)
+        self.meta_net = nn.Sequential(
+            OrderedDict(
+                [("linear1", nn.Linear(vis_dim, hidden)), ("relu", nn.ReLU(inplace=True)),
+                 ("linear2", nn.Linear(hidden, clip.ctx_dim))]
+            )
+        )
+        if init_seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                for layer in (self.meta_net.linear1, self.meta_net.linear2):
+                    layer.reset_parameters()
+        self.class_chunk = class_chunk
+        self.checkpoint_chunks = checkpoint_chunks
+
+    def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
+        prompts = tokenize_prompts(clip, self.ctx_text, self.n_ctx, classnames)
+        self.classnames = list(classnames)
+        self.register_buffer("prefix", prompts.prefix.float(), persistent=False)
+        self.register_buffer("suffix", prompts.suffix.float(), persistent=False)
+        self.register_buffer("eot_index", prompts.eot_index, persistent=False)
+
+    def context_shift(self, image_features: torch.Tensor) -> torch.Tensor:
+        """pi(x): [B, W], added to every context vector."""
+        return self.meta_net(image_features.to(self.ctx.dtype))
+
+    def _encode_chunk(self, clip: FrozenCLIP, ctx_shifted: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        batch, n_cls = ctx_shifted.shape[0], stop - start
+        prefix = self.prefix[start:stop].unsqueeze(0).expand(batch, -1, -1, -1)
+        suffix = self.suffix[start:stop].unsqueeze(0).expand(batch, -1, -1, -1)
+        ctx = ctx_shifted.unsqueeze(1).expand(-1, n_cls, -1, -1)
+        prompts = torch.cat([prefix, ctx, suffix], dim=2).flatten(0, 1)  # [B*K, T, W]
+        eot = self.eot_index[start:stop].repeat(batch)
+        return clip.encode_token_embeddings(prompts, eot).view(batch, n_cls, -1)
+
+    def forward(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        if image_features is None:
+            raise ValueError("CoCoOp prompts depend on the image: pass image_features.")
+        ctx_shifted = self.ctx.unsqueeze(0) + self.context_shift(image_features).unsqueeze(1)  # [B, M, W]
+        n_cls = self.prefix.shape[0]
+        chunk = self.class_chunk or n_cls
+        outputs = []
+        for start in range(0, n_cls, chunk):
+            stop = min(start + chunk, n_cls)
+            if self.checkpoint_chunks and torch.is_grad_enabled():
+                out = checkpoint(self._encode_chunk, clip, ctx_shifted, start, stop, use_reentrant=False)
+            else:
+                out = self._encode_chunk(clip, ctx_shifted, start, stop)
+            outputs.append(out)
+        return torch.cat(outputs, dim=1)  # [B, C, D]
+
+    def reference_forward(self, clip: FrozenCLIP, image_features: torch.Tensor) -> torch.Tensor:
+        """The reference's per-image loop (one text-encoder call of C prompts per image)."""
+        shifts = self.context_shift(image_features)
+        outputs = []
+        for shift in shifts:
+            ctx_i = (self.ctx + shift).unsqueeze(0).expand(self.prefix.shape[0], -1, -1)
+            prompts = torch.cat([self.prefix, ctx_i, self.suffix], dim=1)
+            outputs.append(clip.encode_token_embeddings(prompts, self.eot_index))
+        return torch.stack(outputs)

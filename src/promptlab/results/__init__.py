@@ -1,0 +1,1 @@
+"""Run records (metrics.json), aggregation of sweeps into tables, and plots."""

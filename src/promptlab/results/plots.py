@@ -1,0 +1,123 @@
+"""Figures of result tables (PNG, matplotlib's Agg canvas: no display and no pyplot global state).
+
+- base2novel: per dataset (Average last) and method, a solid base bar and a hatched novel bar in the
+  method's colour, with a black line + dot at the HM; error bars are the std over seeds.
+- other protocols: grouped bars, one group per dataset (single-column tables such as fewshot) or per
+  column (source, each target, target average), one bar per method/row.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from promptlab.results.table import BASE2NOVEL, Cell, ResultTable
+
+_DPI = 150
+
+
+def _colour(index: int) -> str:
+    return f"C{index % 10}"
+
+
+def _new_figure(n_groups: int, n_bars_per_group: int) -> tuple[Figure, Axes]:
+    width = max(6.0, 1.5 + n_groups * (0.4 + 0.3 * n_bars_per_group))
+    figure = Figure(figsize=(min(width, 40.0), 4.5))
+    FigureCanvasAgg(figure)  # attaches the Agg canvas used by savefig
+    return figure, figure.add_subplot()
+
+
+def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=_DPI)
+    return path
+
+
+def _tick_style(labels: list[str]) -> dict[str, object]:
+    crowded = len(labels) > 4 or sum(len(label) for label in labels) > 60
+    return {"rotation": 30, "ha": "right"} if crowded else {"rotation": 0, "ha": "center"}
+
+
+def _upper_limit(cells: list[Cell]) -> float:
+    top = max((c.mean + (c.std or 0.0) for c in cells), default=100.0)
+    return min(105.0, max(10.0, top * 1.1))
+
+
+def plot_base2novel(table: ResultTable, path: str | os.PathLike[str]) -> Path:
+    """Grouped base/novel bars with the HM marked; returns the PNG path."""
+    if table.protocol != BASE2NOVEL:
+        raise ValueError(f"plot_base2novel needs a base2novel table, got protocol {table.protocol!r}.")
+    groups = list(dict.fromkeys(row.labels["dataset"] for row in table.rows))
+    series = list(dict.fromkeys(table.series_label(row) for row in table.rows))
+    figure, ax = _new_figure(len(groups), 2 * len(series))
+    slot = 0.8 / len(series)
+    cells: list[Cell] = []
+    for row in table.rows:
+        g, s = groups.index(row.labels["dataset"]), series.index(table.series_label(row))
+        left = g - 0.4 + s * slot
+        base, novel, hm = row.cells.get("base"), row.cells.get("novel"), row.cells.get("hm")
+        colour = _colour(s)
+        for offset, cell, style in ((0.0, base, {}), (0.5, novel, {"hatch": "//", "alpha": 0.55})):
+            if cell is None:
+                continue
+            cells.append(cell)
+            ax.bar(left + (offset + 0.25) * slot, cell.mean, width=slot / 2, color=colour,
+                   edgecolor="black", linewidth=0.4, yerr=cell.std, capsize=2, **style)
+        if hm is not None:
+            ax.hlines(hm.mean, left + 0.05 * slot, left + 0.95 * slot, colors="black", linewidth=1.2)
+            ax.plot(left + 0.5 * slot, hm.mean, "o", color="black", markersize=3)
+    ax.set_xticks(range(len(groups)), groups, **_tick_style(groups))
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, _upper_limit(cells))
+    ax.set_title("base-to-novel: base (solid), novel (hatched), HM (black line)")
+    handles = [Patch(facecolor=_colour(i), edgecolor="black", label=label) for i, label in enumerate(series)]
+    handles += [Patch(facecolor="white", edgecolor="black", hatch="//", label="novel")]
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_grouped(table: ResultTable, path: str | os.PathLike[str]) -> Path:
+    """Grouped bars for fewshot, cross_dataset, domain_generalization (and unknown) tables."""
+    if len(table.value_columns) == 1:
+        column = table.value_columns[0]
+        groups = list(dict.fromkeys(row.labels["dataset"] for row in table.rows))
+        series = list(dict.fromkeys(table.series_label(row) for row in table.rows))
+        bars = [(groups.index(r.labels["dataset"]), series.index(table.series_label(r)), r.cells.get(column))
+                for r in table.rows]
+    else:
+        groups = [table.title_of(c) for c in table.value_columns]
+        several_datasets = len({r.labels["dataset"] for r in table.rows}) > 1
+        prefix = [f"{r.labels['dataset']}: " if several_datasets else "" for r in table.rows]
+        series = [p + table.series_label(r) for p, r in zip(prefix, table.rows, strict=True)]
+        bars = [(g, s, row.cells.get(c)) for s, row in enumerate(table.rows)
+                for g, c in enumerate(table.value_columns)]
+    figure, ax = _new_figure(len(groups), len(series))
+    slot = 0.8 / len(series)
+    cells = [cell for _, _, cell in bars if cell is not None]
+    for g, s, cell in bars:
+        if cell is not None:
+            ax.bar(g - 0.4 + (s + 0.5) * slot, cell.mean, width=slot, color=_colour(s), edgecolor="black",
+                   linewidth=0.4, yerr=cell.std, capsize=2)
+    ax.set_xticks(range(len(groups)), groups, **_tick_style(groups))
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, _upper_limit(cells))
+    ax.set_title(table.protocol)
+    handles = [Patch(facecolor=_colour(i), edgecolor="black", label=label) for i, label in enumerate(series)]
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_table(table: ResultTable, path: str | os.PathLike[str]) -> Path:
+    """The figure suited to the table's protocol."""
+    if table.protocol == BASE2NOVEL:
+        return plot_base2novel(table, path)
+    return plot_grouped(table, path)

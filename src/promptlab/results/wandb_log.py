@@ -1,0 +1,55 @@
+"""Log aggregated tables and figures to Weights & Biases as one extra run of the sweep's group."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from promptlab.results.table import ResultTable
+
+
+def log_tables_to_wandb(
+    tables: Sequence[ResultTable],
+    figure_paths: Sequence[str | os.PathLike[str]],
+    project: str,
+    group: str | None,
+    mode: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Log each table as a wandb.Table ("<protocol>/table") and each figure as a wandb.Image
+    ("figure/<file stem>") in one run of job_type "aggregate"; every cell mean also goes to the run
+    summary as "<protocol>/<row labels>/<column>". Returns the run's files directory.
+
+    `mode` is passed to wandb.init ("online", "offline", "disabled"); None lets WANDB_MODE decide.
+    """
+    import wandb
+
+    # A job that did not call wandb.finish() leaves its run open, and wandb.init would otherwise hand
+    # that run back (see DESIGN.md, pitfalls): close it so the tables land in a run of their own.
+    if wandb.run is not None:
+        wandb.finish()
+    run = wandb.init(
+        project=project,
+        group=group,
+        job_type="aggregate",
+        name=f"{group}-aggregate" if group else "aggregate",
+        mode=mode,
+        config=dict(config) if config else None,
+    )
+    try:
+        for table in tables:
+            columns, data = table.tabular()
+            run.log({f"{table.protocol}/table": wandb.Table(columns=columns, data=data)})
+            for row in table.rows:
+                labels = "/".join(row.labels.get(c, "") for c in table.label_columns)
+                for column, cell in row.cells.items():
+                    if cell is not None:
+                        run.summary[f"{table.protocol}/{labels}/{column}"] = cell.mean
+        for path in figure_paths:
+            run.log({f"figure/{Path(path).stem}": wandb.Image(str(path))})
+        files_dir = Path(run.dir)
+    finally:
+        run.finish()
+    return files_dir

@@ -1,0 +1,392 @@
+"""The Hydra entry point: one run = fit a prompt learner (unless zero-shot), evaluate it as the protocol
+says, write the run record. `python -m promptlab.train <overrides>`; `-m` for sweeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from promptlab.clip import load_clip_from_config
+from promptlab.datamodule import PromptDataModule
+from promptlab.module import PromptLearningModule
+from promptlab.protocols import build_protocol_data
+from promptlab.results.metrics import harmonic_mean
+from promptlab.results.records import (
+    CONFIG_HASH_EXCLUDE,
+    STATUS_COMPLETE,
+    config_hash,
+    error_record,
+    is_complete,
+    make_record,
+    read_record,
+    write_record,
+)
+
+log = logging.getLogger("promptlab")
+
+# Keys that change how a run is launched or shown, not what it computes: a re-run that differs only in
+# these still counts as the same finished job.
+HASH_EXCLUDE = (*CONFIG_HASH_EXCLUDE, "sweep_name", "num_threads", "analysis", "trainer.enable_progress_bar")
+
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
+
+
+def _safe_dirname(text: str) -> str:
+    """A directory name for a job's overrides (Hydra's override_dirname), safe on every file system."""
+    cleaned = re.sub(r"[^A-Za-z0-9=,._+-]+", "_", text).strip("_") or "default"
+    if len(cleaned) > 120:  # keep it readable and unique
+        import hashlib
+
+        cleaned = f"{cleaned[:100]}_{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    return cleaned
+
+
+OmegaConf.register_new_resolver("safe_dirname", _safe_dirname, replace=True)
+
+
+# --------------------------------------------------------------------------- helpers
+def resolve_epochs(method: DictConfig, dataset: DictConfig, shots: int) -> int:
+    """Epochs of a run: method.epochs if set, else the reference's table by shot count (CoOp)."""
+    if method.get("epochs") is not None:
+        return int(method.epochs)
+    table = dataset.get("epochs_by_shots") or {}
+    if not table:
+        raise ValueError(f"method.epochs is null and dataset {dataset.name} has no epochs_by_shots: set method.epochs.")
+    keys = sorted(int(k) for k in table)
+    # Largest shot count in the table not above ours (16 shots -> the 16 entry; -1 = all -> the largest).
+    chosen = keys[-1] if shots < 0 else max([k for k in keys if k <= shots] or [keys[0]])
+    return int(table[chosen] if chosen in table else table[str(chosen)])
+
+
+def effective_lr(method: DictConfig) -> float:
+    """lr scaled for the batch size (method.lr_scaling against method.reference_batch_size)."""
+    lr = float(method.get("lr", 0.0))
+    rule = method.get("lr_scaling", "none")
+    ratio = float(method.get("batch_size", 1)) / float(method.get("reference_batch_size", method.get("batch_size", 1)))
+    if rule == "none":
+        return lr
+    if rule == "linear":
+        return lr * ratio
+    if rule == "sqrt":
+        return lr * math.sqrt(ratio)
+    raise ValueError(f"method.lr_scaling={rule!r}; expected none, linear or sqrt.")
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_dir) / "runs" / str(cfg.run_name)
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Fail fast on a local multirun with DDP: Lightning would re-run the whole sweep in every rank."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if not _is_multirun() or not any(strategy.startswith(s) for s in DDP_STRATEGIES):
+        return
+    launcher = str(OmegaConf.select(HydraConfig.get(), "launcher._target_", default=""))
+    if "submitit" in launcher.lower():
+        return  # each SLURM job runs its ranks through srun; nothing is re-launched
+    raise ValueError(
+        f"trainer.strategy={strategy} inside a local multirun (-m): Lightning re-launches the script with its "
+        "original arguments, so every rank would run the whole sweep (Lightning issue #11300). Run sweeps as "
+        "parallel single-device jobs (launcher=joblib, trainer=default) or on SLURM with DDP inside each job "
+        "(launcher=submitit_slurm trainer=ddp); run a single DDP job without -m."
+    )
+
+
+def summary_of(cfg: DictConfig, epochs: int) -> dict[str, Any]:
+    method = cfg.method
+    summary = {
+        "protocol": cfg.protocol.name,
+        "method": method.name,
+        "method_display": method.get("display_name", method.name),
+        "dataset": cfg.dataset.name,
+        "dataset_display": cfg.dataset.get("display_name", cfg.dataset.name),
+        "backbone": cfg.model.get("display_name") or cfg.model.get("name"),
+        "shots": int(cfg.shots),
+        "seed": int(cfg.seed),
+        "epochs": epochs,
+        "precision": str(cfg.trainer.precision),
+    }
+    if method.get("n_ctx") is not None and method.name != "zeroshot":
+        summary["n_ctx"] = int(method.n_ctx)
+    generator = cfg.dataset.get("generator")
+    if generator is not None:
+        summary["spurious"] = float(generator.spurious)
+    return summary
+
+
+def protocol_metrics(protocol: str, evaluations: list[dict[str, Any]]) -> dict[str, float]:
+    by_name = {e["name"]: e["acc"] for e in evaluations}
+    if protocol == "base2novel":
+        base, novel = by_name["base"], by_name["novel"]
+        return {"base_acc": base, "novel_acc": novel, "hm": harmonic_mean(base, novel)}
+    if protocol == "fewshot":
+        return {"acc": by_name["all"]}
+    metrics = {f"{e['name']}_acc": e["acc"] for e in evaluations}
+    targets = [e["acc"] for e in evaluations[1:]]
+    if targets:
+        metrics["target_mean_acc"] = sum(targets) / len(targets)
+    return metrics
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    name = cfg.logger.get("name", "none")
+    if name == "none":
+        return []
+    if name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    if name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        run_label = ",".join(o for o in overrides if not o.startswith(("sweep_name", "logger"))) or cfg.run_name
+        kwargs = {"mode": cfg.logger.mode} if cfg.logger.get("mode") else {}
+        return [WandbLogger(project=cfg.logger.project, entity=cfg.logger.get("entity"), group=str(cfg.logger.group),
+                            job_type=cfg.method.name, name=run_label, tags=list(cfg.logger.get("tags") or []),
+                            save_dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True), **kwargs)]
+    raise ValueError(f"logger.name={name!r}; expected none, csv or wandb.")
+
+
+def _finish_wandb() -> None:
+    # WandbLogger reuses a live wandb.run: finish it so the next job of a sweep gets its own run.
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except ImportError:
+        pass
+
+
+# --------------------------------------------------------------------------- the run
+def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Fit and evaluate; returns the record's fields (metrics, evaluations, timings, notes)."""
+    t_start = time.perf_counter()
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    method = cfg.method
+    epochs = resolve_epochs(method, cfg.dataset, int(cfg.shots))
+
+    clip = load_clip_from_config(cfg.model)
+    data = build_protocol_data(
+        cfg.protocol, cfg.dataset, Path(cfg.paths.data_root).expanduser().resolve(), int(cfg.shots), int(cfg.seed),
+        Path(cfg.paths.fewshot_dir) if cfg.paths.get("fewshot_dir") else None,
+    )
+    learner = instantiate(method.learner, clip=clip, **_learner_extras(method, data.train_classnames, cfg))
+    learner.set_classnames(clip, data.train_classnames)
+    if cfg.get("load_prompt"):
+        load_learner(Path(cfg.load_prompt), learner)
+    lr = effective_lr(method)
+    module = PromptLearningModule(
+        clip, learner, lr=lr, momentum=float(method.get("momentum", 0.9)),
+        weight_decay=float(method.get("weight_decay", 0.0)), max_epochs=max(epochs, 1),
+        warmup_epochs=int(method.get("warmup_epochs", 0)), warmup_lr=float(method.get("warmup_lr", lr or 1.0)),
+        run_name=str(cfg.run_name),
+    )
+    datamodule = PromptDataModule(
+        clip, data.train_items, data.eval_sets,
+        batch_size=int(method.batch_size), eval_batch_size=int(method.get("eval_batch_size", 100)),
+        num_workers=int(cfg.loader.num_workers), pin_memory=bool(cfg.loader.pin_memory),
+        augment=str(method.get("augment", "none")), train_cache=str(method.get("train_cache", "auto")),
+        train_views=int(method.get("train_views", 0)), eval_cache=bool(cfg.get("eval_cache", True)),
+        cache_dir=Path(cfg.paths.cache_dir), on_error=str(cfg.loader.on_error),
+        precision=str(cfg.trainer.precision), seed=int(cfg.seed),
+    )
+    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max(epochs, 1), logger=build_loggers(cfg, run_dir),
+                                     use_distributed_sampler=False, default_root_dir=str(run_dir))
+    t_setup = time.perf_counter()
+    fit_s = 0.0
+    if learner.trainable and epochs > 0:
+        trainer.fit(module, datamodule=datamodule)
+        fit_s = time.perf_counter() - t_setup
+    if trainer.is_global_zero and learner.trainable:
+        save_learner(run_dir / "prompt_learner.pt", learner, cfg)
+
+    t_eval = time.perf_counter()
+    evaluations = []
+    for eval_set in data.eval_sets:
+        learner.set_classnames(clip, eval_set.classnames)
+        datamodule.active_eval = eval_set
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        evaluations.append({
+            "name": eval_set.name, "dataset": eval_set.dataset, "subset": eval_set.subset,
+            "acc": module.last_eval["acc"], "n_correct": module.last_eval["n_correct"],
+            "n_images": module.last_eval["n_images"], "n_classes": len(eval_set.classnames),
+        })
+    eval_s = time.perf_counter() - t_eval
+    notes = list(data.notes)
+    skipped = datamodule.train_skipped + [s for e in data.eval_sets for s in e.skipped]
+    if skipped:
+        notes.append(f"skipped {len(skipped)} unreadable images (on_error=skip): "
+                     + ", ".join(s["impath"] for s in skipped[:20]))
+    train_loss = trainer.callback_metrics.get("train/loss_epoch")
+    return {
+        "summary": summary_of(cfg, epochs if learner.trainable else 0) | {"lr": lr},
+        "metrics": protocol_metrics(cfg.protocol.name, evaluations),
+        "evaluations": evaluations,
+        "timings": {"total_s": time.perf_counter() - t_start, "setup_s": t_setup - t_start, "fit_s": fit_s,
+                    "eval_s": eval_s},
+        "notes": notes + ([f"final train loss {float(train_loss):.4f}"] if train_loss is not None else []),
+        "trainer": trainer,
+        "learner": learner,
+        "clip": clip,
+        "data": data,
+        "datamodule": datamodule,
+    }
+
+
+def _learner_extras(method: DictConfig, train_classnames: list[str], cfg: DictConfig) -> dict[str, Any]:
+    target = str(method.learner.get("_target_", ""))
+    extras: dict[str, Any] = {}
+    if target.endswith(("CoOpPrompts", "KgCoOpPrompts")):
+        extras["num_classes"] = len(train_classnames)
+    if not target.endswith("ZeroShotPrompts"):
+        extras["init_seed"] = int(cfg.seed)
+    return extras
+
+
+def save_learner(path: Path, learner: torch.nn.Module, cfg: DictConfig) -> None:
+    """The learned tensors only (loadable with torch.load(weights_only=True)) plus what rebuilds them."""
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in learner.state_dict().items()},
+        "method": OmegaConf.to_container(cfg.method, resolve=True),
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "dataset": str(cfg.dataset.name),
+        "train_classnames": list(learner.classnames),
+    }
+    from promptlab.features import save_atomic
+
+    save_atomic(payload, path)
+
+
+def load_learner(path: Path, learner: torch.nn.Module) -> None:
+    """Load a saved prompt (prompt_learner.pt) with weights_only=True: tensors and plain containers only."""
+    if not path.is_file():
+        raise FileNotFoundError(f"load_prompt={path}: no such file (a run's prompt_learner.pt is expected).")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = learner.load_state_dict(payload["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"load_prompt={path} does not fit method {type(learner).__name__}: missing {missing}, unexpected "
+            f"{unexpected}. It was saved by method {payload.get('method', {}).get('name')!r}; use the same method "
+            "config (and n_ctx/csc) to load it."
+        )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job with resume and failure records; returns the record."""
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_launch(cfg)
+    digest = config_hash(cfg, exclude=HASH_EXCLUDE)
+    if cfg.get("resume", True) and is_complete(run_dir, digest):
+        log.info("skipping %s: %s already holds a complete record of this config", cfg.run_name, run_dir)
+        return read_record(run_dir)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        result = execute(cfg, run_dir)
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt) or _rank() == 0:
+            write_record(run_dir, error_record(run_dir, err, summary=_safe_summary(cfg), config_hash=digest,
+                                               overrides=overrides, config=plain_cfg))
+        _finish_wandb()
+        raise
+    record = make_record(
+        run_dir, status=STATUS_COMPLETE, summary=result["summary"], config_hash=digest, overrides=overrides,
+        config=plain_cfg, metrics=result["metrics"], evaluations=result["evaluations"],
+        timings=result["timings"], notes=result["notes"],
+    )
+    trainer = result["trainer"]
+    if trainer.is_global_zero:
+        if cfg.get("analysis", False):
+            from promptlab.analysis.drift import analyze_run_objects
+
+            analyze_run_objects(run_dir, cfg, result)
+        write_record(run_dir, record)
+        _log_test_metrics(trainer, record)
+        print_run(record, run_dir)
+    _finish_wandb()
+    return record
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+
+
+def _safe_summary(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return summary_of(cfg, -1)
+    except Exception:  # noqa: BLE001 - the error record must be written even for a broken config
+        return {}
+
+
+def _log_test_metrics(trainer: L.Trainer, record: dict[str, Any]) -> None:
+    for logger in trainer.loggers:
+        logger.log_metrics({f"test/{k}": v for k, v in record["metrics"].items()})
+        if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            logger.experiment.summary.update({f"test/{k}": v for k, v in record["metrics"].items()})
+        logger.finalize("success")
+
+
+def print_run(record: dict[str, Any], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = record["summary"]
+    table = Table(title=f"{summary['method_display']} on {summary['dataset_display']} "
+                        f"({summary['protocol']}, {summary['shots']} shots, seed {summary['seed']})")
+    for column in ("evaluation", "classes", "images", "top-1 %"):
+        table.add_column(column, justify="right" if column != "evaluation" else "left")
+    for e in record["evaluations"]:
+        table.add_row(e["name"], str(e["n_classes"]), str(e["n_images"]), f"{e['acc']:.2f}")
+    if "hm" in record["metrics"]:
+        table.add_row("HM", "", "", f"{record['metrics']['hm']:.2f}")
+    console = Console()
+    console.print(table)
+    console.print(f"run record: {run_dir / 'metrics.json'}")
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*The number of training batches.*")
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    _quiet_libraries()
+    record = run(cfg)
+    return (record or {}).get("metrics", {}).get("hm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Helpers to compose the real configs and run jobs in-process or through the CLI, on tiny settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from tests.conftest import make_random_clip
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+
+# A small toy world: 18 base + 18 novel classes, few images, generated once per test session.
+TINY_WORLD = [
+    "dataset.generator.train_per_class=6",
+    "dataset.generator.val_per_class=1",
+    "dataset.generator.test_per_class=6",
+]
+
+
+def random_checkpoint(path: Path, seed: int = 0) -> Path:
+    """An OpenAI-format state dict of a random tiny CLIP (plumbing tests that need no accuracy)."""
+    if not path.exists():
+        clip = make_random_clip(seed)
+        torch.save({k: v.half() for k, v in clip.model.state_dict().items()}, path)
+    return path
+
+
+def workspace_overrides(root: Path) -> list[str]:
+    return [
+        f"paths.data_root={root / 'data'}",
+        f"paths.output_dir={root / 'outputs'}",
+        f"paths.cache_dir={root / 'cache'}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "num_threads=1",
+    ]
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "promptlab.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)

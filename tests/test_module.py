@@ -1,0 +1,91 @@
+"""The LightningModule: reference schedule, non-finite loss guard, learned-only state, precision."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from promptlab.datamodule import FeatureDataset
+from promptlab.module import NonFiniteLossError, PromptLearningModule, warmup_cosine_factor
+from promptlab.prompts import CoCoOpPrompts, CoOpPrompts
+
+
+def dassl_schedule(base_lr: float, max_epochs: int, warmup_epochs: int, warmup_lr: float) -> list[float]:
+    """Replays Dassl's ConstantWarmupScheduler(CosineAnnealingLR(T_max=max_epoch)) epoch by epoch."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=base_lr)
+    successor = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)
+    lrs, last_epoch = [], 0
+    for group in opt.param_groups:  # the warm-up scheduler sets the constant lr at construction
+        group["lr"] = warmup_lr if warmup_epochs > 0 else base_lr
+    for _ in range(max_epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        # end of epoch: Dassl steps the successor only once last_epoch >= warmup_epoch
+        if last_epoch >= warmup_epochs:
+            successor.step()
+        else:
+            last_epoch += 1
+            if last_epoch >= warmup_epochs:
+                for group in opt.param_groups:
+                    group["lr"] = successor.get_last_lr()[0]
+    return lrs
+
+
+@pytest.mark.parametrize("max_epochs,warmup", [(10, 1), (5, 1), (200, 1), (7, 0)])
+def test_schedule_matches_dassl(max_epochs, warmup):
+    expected = dassl_schedule(0.002, max_epochs, warmup, 1e-5)
+    got = [0.002 * warmup_cosine_factor(e, max_epochs, warmup, 1e-5, 0.002) for e in range(max_epochs)]
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    if warmup:
+        assert got[0] == pytest.approx(1e-5) and got[1] == pytest.approx(0.002)
+
+
+def _train(module: PromptLearningModule, feats, labels, epochs=1, **trainer_kwargs):
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)
+    trainer.fit(module, DataLoader(FeatureDataset(feats, labels), batch_size=8))
+    return trainer
+
+
+def _data(clip, n=32, classes=4):
+    torch.manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(n, clip.embed_dim), dim=-1)
+    return feats, torch.randint(classes, (n,))
+
+
+def test_non_finite_loss_stops_with_the_run_name(random_clip):
+    learner = CoOpPrompts(random_clip, ctx_init="a photo of a")
+    learner.set_classnames(random_clip, ["a", "b", "c", "d"])
+    with torch.no_grad():
+        learner.ctx.fill_(float("nan"))
+    module = PromptLearningModule(random_clip, learner, run_name="coop_toy_seed7")
+    with pytest.raises(NonFiniteLossError, match="coop_toy_seed7.*non-finite"):
+        _train(module, *_data(random_clip))
+
+
+def test_training_moves_only_the_learner_and_state_is_learned_only(random_clip):
+    learner = CoCoOpPrompts(random_clip, ctx_init="a photo of a", init_seed=0)
+    learner.set_classnames(random_clip, ["a", "b", "c", "d"])
+    frozen_before = {k: v.clone() for k, v in random_clip.state_dict().items()}
+    ctx_before = learner.ctx.detach().clone()
+    module = PromptLearningModule(random_clip, learner, lr=0.5, warmup_epochs=0, max_epochs=2)
+    _train(module, *_data(random_clip), epochs=2)
+    assert not torch.equal(ctx_before, learner.ctx.detach())
+    for key, value in random_clip.state_dict().items():
+        assert torch.equal(value, frozen_before[key]), key
+    assert not random_clip.model.training  # Lightning's .train() does not unfreeze the backbone
+    state = module.state_dict()
+    assert set(state) == {f"learner.{k}" for k in learner.state_dict()}
+    assert sum(v.numel() for v in state.values()) < 10_000
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed"])
+def test_mixed_precision_trains_finite(random_clip, precision):
+    learner = CoOpPrompts(random_clip, ctx_init="a photo of a")
+    learner.set_classnames(random_clip, ["a", "b", "c", "d"])
+    module = PromptLearningModule(random_clip, learner, lr=0.1, warmup_epochs=0, max_epochs=1)
+    trainer = _train(module, *_data(random_clip), precision=precision)
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+    assert learner.ctx.dtype == torch.float32  # master weights stay fp32

@@ -1,0 +1,97 @@
+"""The entry point end to end: run records, bad overrides, saved prompts, protocols."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from promptlab.clip import ClipLoadError
+from promptlab.data.errors import DatasetError
+from promptlab.results.metrics import harmonic_mean
+from promptlab.train import run
+from tests.runs import TINY_WORLD, compose_cfg, random_checkpoint, run_cli, workspace_overrides
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ws")
+
+
+@pytest.fixture(scope="module")
+def base_overrides(workspace) -> list[str]:
+    ckpt = random_checkpoint(workspace / "random_clip.pt")
+    return [*workspace_overrides(workspace), f"model.checkpoint={ckpt}", *TINY_WORLD, "shots=2"]
+
+
+def without_toy(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o not in TINY_WORLD]
+
+
+def test_cli_zero_shot_writes_a_sane_record(workspace, base_overrides):
+    out = workspace / "cli_run"
+    proc = run_cli([*base_overrides, f"hydra.run.dir={out}"], cwd=workspace)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["status"] == "complete"
+    metrics, evals = record["metrics"], {e["name"]: e for e in record["evaluations"]}
+    assert set(metrics) == {"base_acc", "novel_acc", "hm"}
+    assert evals["base"]["n_images"] == 18 * 6 and evals["novel"]["n_images"] == 18 * 6
+    assert evals["base"]["n_classes"] == 18 and evals["novel"]["n_classes"] == 18
+    for e in evals.values():
+        assert 0.0 <= e["acc"] <= 100.0
+        assert e["acc"] == pytest.approx(100.0 * e["n_correct"] / e["n_images"], abs=1e-3)
+    assert metrics["hm"] == pytest.approx(harmonic_mean(metrics["base_acc"], metrics["novel_acc"]))
+    assert record["summary"]["method"] == "zeroshot" and record["timings"]["total_s"] > 0
+    assert "torch" in record["versions"] and "HM" in proc.stdout
+
+
+def test_unknown_dataset_override_fails_clearly(workspace, base_overrides):
+    proc = run_cli([*base_overrides, "dataset=no_such_dataset"], cwd=workspace)
+    assert proc.returncode != 0
+    assert "no_such_dataset" in proc.stderr and "Available options" in proc.stderr
+
+
+def test_missing_data_root_names_the_path(workspace, base_overrides):
+    missing = workspace / "nowhere"
+    cfg = compose_cfg([*without_toy(base_overrides), "dataset=oxford_pets", f"paths.data_root={missing}"])
+    with pytest.raises(DatasetError, match="nowhere"):
+        run(cfg)
+    record = json.loads((Path(cfg.paths.output_dir) / "runs" / cfg.run_name / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"]["type"] == "DatasetError"
+
+
+def test_unknown_model_name_fails_clearly(base_overrides):
+    cfg = compose_cfg([*base_overrides, "model=vit_b16", "model.name=ViT-Nope-99", "model.checkpoint=null"])
+    with pytest.raises(ClipLoadError, match="Unknown open_clip model name 'ViT-Nope-99'"):
+        run(cfg)
+
+
+def test_pretrained_tag_without_network_says_how_to_pass_a_file(base_overrides, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    cfg = compose_cfg([*base_overrides, "model=vit_b32", "model.checkpoint=null"])
+    with pytest.raises(ClipLoadError, match=r"model\.checkpoint=/path/to/ViT-B-32\.pt"):
+        run(cfg)
+
+
+def test_saved_prompt_reloads_with_weights_only_and_gives_identical_metrics(workspace, base_overrides):
+    first = run(compose_cfg([*base_overrides, "method=coop", "method.epochs=2", "run_name=coop_save"]))
+    run_dir = Path(first["run_dir"])
+    prompt = run_dir / "prompt_learner.pt"
+    payload = torch.load(prompt, weights_only=True)
+    assert list(payload["state_dict"]) == ["ctx"] and prompt.stat().st_size < 20_000
+    again = run(compose_cfg([*base_overrides, "method=coop", "method.epochs=0", f"load_prompt={prompt}",
+                             "run_name=coop_reload"]))
+    assert again["evaluations"] == first["evaluations"]
+
+
+def test_resume_skips_a_complete_run(base_overrides):
+    overrides = [*base_overrides, "run_name=resume_me"]
+    first = run(compose_cfg(overrides))
+    second = run(compose_cfg(overrides))
+    assert second["timings"] == first["timings"]  # read back, not recomputed
+    changed = run(compose_cfg([*overrides, "seed=2"]))
+    assert changed["summary"]["seed"] == 2
