@@ -110,26 +110,25 @@ def test_average_row_is_hm_of_averaged_base_and_novel(tmp_path: Path) -> None:
     assert table.rows[-3:] == [table.find(average=True, method=m) for m in ("zeroshot", "coop", "cocoop")]
 
 
-def test_varying_keys_split_rows_or_only_add_columns(tmp_path: Path) -> None:
+def test_only_keys_that_split_rows_become_columns(tmp_path: Path) -> None:
     _b2n_sweep(tmp_path / "s16")
     _write(tmp_path / "s1" / "0", "base2novel", {"base_acc": 80.0, "novel_acc": 60.0},
            dataset="toyworld", method="coop", seed=1, shots=1, n_ctx=4)
     _write(tmp_path / "s1" / "1", "base2novel", {"base_acc": 82.0, "novel_acc": 64.0},
            dataset="toyworld", method="coop", seed=2, shots=1, n_ctx=4)
     table = _b2n_table(tmp_path)
-    # shots varies inside (toyworld, coop): it splits rows; n_ctx varies only between methods: a column.
-    assert table.label_columns == ["dataset", "method", "shots", "n_ctx"]
+    # shots varies inside (toyworld, coop): it splits rows; n_ctx varies only between methods: no column.
+    assert table.label_columns == ["dataset", "method", "shots"]
     one_shot = table.find(dataset="toyworld", method="coop", shots=1)
     assert one_shot.n_seeds == (2,)
     assert one_shot.cells["base"].mean == pytest.approx(81.0)
     assert table.find(dataset="toyworld", method="coop", shots=16).cells["base"].mean == pytest.approx(96.0)
-    assert table.find(dataset="toyworld", method="zeroshot").labels["n_ctx"] == "0"
     # Averages are kept apart per shots value; shots=1 exists on one of the two datasets only.
     assert table.find(average=True, method="coop", shots=16).labels["dataset"] == "Average"
     partial = table.find(average=True, method="coop", shots=1)
     assert partial.labels["dataset"] == "Average (1 of 2)"
     assert any("some datasets have no runs" in n for n in table.notes)
-    assert any("rows split by shots" in n for n in table.notes)
+    assert any("rows split by the summary keys that vary within a dataset and method: shots" in n for n in table.notes)
     # Keys that do not vary (backbone, precision) do not become columns.
     assert "backbone" not in table.label_columns
 
@@ -137,10 +136,10 @@ def test_varying_keys_split_rows_or_only_add_columns(tmp_path: Path) -> None:
 def test_markdown_csv_latex_content(tmp_path: Path) -> None:
     table = _b2n_table(_b2n_sweep(tmp_path))
     markdown = to_markdown(table)
-    assert "| Dataset | Method | n_ctx | Base | Novel | HM | Seeds |" in markdown
-    assert "| toyworld | coop | 4 | 96.00 ± 1.63 | 78.00 ± 6.53 |" in markdown
+    assert "| Dataset | Method | Base | Novel | HM | Seeds |" in markdown
+    assert "| toyworld | coop | 96.00 ± 1.63 | 78.00 ± 6.53 |" in markdown
     avg_hm = harmonic_mean(93.0, 64.0)
-    assert f"| Average | coop | 4 | 93.00 | 64.00 | {avg_hm:.2f} | 3 |" in markdown
+    assert f"| Average | coop | 93.00 | 64.00 | {avg_hm:.2f} | 3 |" in markdown
     assert "population std" in markdown and "harmonic mean of those two averages" in markdown
 
     rows = list(csv.DictReader(io.StringIO(to_csv(table))))
@@ -155,8 +154,8 @@ def test_markdown_csv_latex_content(tmp_path: Path) -> None:
 
     latex = to_latex(table)
     assert r"\toprule" in latex and r"\bottomrule" in latex and latex.count(r"\midrule") == 2
-    assert r"Oxford\_Pets & coop & 4 & 90.00 $\pm$ 1.63" in latex
-    assert r"n\_ctx" in latex and "Oxford_Pets" not in latex
+    assert r"Oxford\_Pets & coop & 90.00 $\pm$ 1.63" in latex
+    assert "Oxford_Pets" not in latex
     assert latex_escape("50% of a_b & c") == r"50\% of a\_b \& c"
 
 
@@ -291,7 +290,7 @@ def test_callback_aggregates_completed_runs_and_never_raises(tmp_path: Path, mon
     # With a wandb logger the tables go to W&B (captured here; the real logging is tested below).
     calls = []
     monkeypatch.setattr("promptlab.results.wandb_log.log_tables_to_wandb",
-                        lambda tables, figures, project, group, mode, config: calls.append(
+                        lambda tables, figures, project, group, mode, config, dir: calls.append(
                             (tables, figures, project, group, mode)))
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}},
                                "logger": {"_target_": "lightning.pytorch.loggers.WandbLogger",

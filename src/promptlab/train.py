@@ -9,6 +9,7 @@ import math
 import re
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from promptlab.clip import load_clip_from_config
 from promptlab.datamodule import PromptDataModule
 from promptlab.module import PromptLearningModule
-from promptlab.protocols import build_protocol_data
+from promptlab.protocols import ProtocolData, build_protocol_data
 from promptlab.results.metrics import harmonic_mean
 from promptlab.results.records import (
     CONFIG_HASH_EXCLUDE,
@@ -180,31 +181,29 @@ def _finish_wandb() -> None:
 
 
 # --------------------------------------------------------------------------- the run
-def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Fit and evaluate; returns the record's fields (metrics, evaluations, timings, notes)."""
-    t_start = time.perf_counter()
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    method = cfg.method
-    epochs = resolve_epochs(method, cfg.dataset, int(cfg.shots))
+@dataclass
+class RunParts:
+    """What a run is made of: the frozen CLIP, the protocol's data, the prompt learner, the data module."""
 
-    clip = load_clip_from_config(cfg.model)
+    clip: Any
+    data: ProtocolData
+    learner: Any
+    datamodule: PromptDataModule
+
+
+def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Path | None = None) -> RunParts:
+    """Build a run's parts from its config (training and promptlab-analyze share this)."""
+    method = cfg.method
+    clip = load_clip_from_config(cfg.model, device=device)
     data = build_protocol_data(
         cfg.protocol, cfg.dataset, Path(cfg.paths.data_root).expanduser().resolve(), int(cfg.shots), int(cfg.seed),
         Path(cfg.paths.fewshot_dir) if cfg.paths.get("fewshot_dir") else None,
     )
-    learner = instantiate(method.learner, clip=clip, **_learner_extras(method, data.train_classnames, cfg))
+    learner = instantiate(method.learner, clip=clip, **learner_kwargs(method, data.train_classnames, int(cfg.seed)))
     learner.set_classnames(clip, data.train_classnames)
-    if cfg.get("load_prompt"):
-        load_learner(Path(cfg.load_prompt), learner)
-    lr = effective_lr(method)
-    module = PromptLearningModule(
-        clip, learner, lr=lr, momentum=float(method.get("momentum", 0.9)),
-        weight_decay=float(method.get("weight_decay", 0.0)), max_epochs=max(epochs, 1),
-        warmup_epochs=int(method.get("warmup_epochs", 0)), warmup_lr=float(method.get("warmup_lr", lr or 1.0)),
-        run_name=str(cfg.run_name),
-    )
+    if prompt is not None:
+        load_learner(prompt, learner)
+    learner.to(device)
     datamodule = PromptDataModule(
         clip, data.train_items, data.eval_sets,
         batch_size=int(method.batch_size), eval_batch_size=int(method.get("eval_batch_size", 100)),
@@ -213,6 +212,26 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         train_views=int(method.get("train_views", 0)), eval_cache=bool(cfg.get("eval_cache", True)),
         cache_dir=Path(cfg.paths.cache_dir), on_error=str(cfg.loader.on_error),
         precision=str(cfg.trainer.precision), seed=int(cfg.seed),
+    )
+    return RunParts(clip, data, learner, datamodule)
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Fit and evaluate; returns the record's fields (metrics, evaluations, timings, notes)."""
+    t_start = time.perf_counter()
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    method = cfg.method
+    epochs = resolve_epochs(method, cfg.dataset, int(cfg.shots))
+    parts = build_parts(cfg, prompt=Path(cfg.load_prompt) if cfg.get("load_prompt") else None)
+    clip, data, learner, datamodule = parts.clip, parts.data, parts.learner, parts.datamodule
+    lr = effective_lr(method)
+    module = PromptLearningModule(
+        clip, learner, lr=lr, momentum=float(method.get("momentum", 0.9)),
+        weight_decay=float(method.get("weight_decay", 0.0)), max_epochs=max(epochs, 1),
+        warmup_epochs=int(method.get("warmup_epochs", 0)), warmup_lr=float(method.get("warmup_lr", lr or 1.0)),
+        run_name=str(cfg.run_name),
     )
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max(epochs, 1), logger=build_loggers(cfg, run_dir),
                                      use_distributed_sampler=False, default_root_dir=str(run_dir))
@@ -257,14 +276,17 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _learner_extras(method: DictConfig, train_classnames: list[str], cfg: DictConfig) -> dict[str, Any]:
-    target = str(method.learner.get("_target_", ""))
-    extras: dict[str, Any] = {}
-    if target.endswith(("CoOpPrompts", "KgCoOpPrompts")):
-        extras["num_classes"] = len(train_classnames)
-    if not target.endswith("ZeroShotPrompts"):
-        extras["init_seed"] = int(cfg.seed)
-    return extras
+def learner_kwargs(method: DictConfig, train_classnames: list[str], seed: int) -> dict[str, Any]:
+    """Run-dependent constructor arguments, passed to the learners whose signature takes them."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    params = inspect.signature(get_class(str(method.learner._target_))).parameters.values()
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    names = {p.name for p in params}
+    candidates = {"num_classes": len(train_classnames), "init_seed": int(seed)}
+    return {k: v for k, v in candidates.items() if takes_any or k in names}
 
 
 def save_learner(path: Path, learner: torch.nn.Module, cfg: DictConfig) -> None:

@@ -268,13 +268,13 @@ def build_table(
         raise ValueError(f"no {protocol} record has the metrics this table needs: {'; '.join(notes[1:])}")
 
     skip = NON_COLUMN_KEYS | set(ignore_keys)
-    extra_keys = _varying_keys([r["summary"] for r in usable], skip)
-    split_keys = [k for k in extra_keys if _varies_within_pairs(usable, k)]
-    if extra_keys:
-        notes.append(
-            "columns from summary keys that vary: " + ", ".join(extra_keys)
-            + (f" (rows split by {', '.join(split_keys)})" if split_keys else "")
-        )
+    # A summary key becomes a column only when it splits rows: it varies within one (dataset, method)
+    # pair (shots 1 vs 16, n_ctx 4 vs 16, spurious 0 vs 1). Keys that only differ between methods
+    # (each method's own lr or epochs) describe the method, not an experimental axis.
+    split_keys = [k for k in _varying_keys([r["summary"] for r in usable], skip) if _varies_within_pairs(usable, k)]
+    extra_keys = split_keys
+    if split_keys:
+        notes.append("rows split by the summary keys that vary within a dataset and method: " + ", ".join(split_keys))
 
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, record in enumerate(usable):

@@ -17,6 +17,7 @@ def log_tables_to_wandb(
     group: str | None,
     mode: str | None = None,
     config: Mapping[str, Any] | None = None,
+    dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Log each table as a wandb.Table ("<protocol>/table") and each figure as a wandb.Image
     ("figure/<file stem>") in one run of job_type "aggregate"; every cell mean also goes to the run
@@ -37,6 +38,7 @@ def log_tables_to_wandb(
         name=f"{group}-aggregate" if group else "aggregate",
         mode=mode,
         config=dict(config) if config else None,
+        dir=str(dir) if dir is not None else None,
     )
     try:
         for table in tables:

@@ -1,0 +1,738 @@
+"""Prompt drift: how far a learned prompt moves the class-text prototypes away from the hand-written ones,
+and what that does to classes it never saw.
+
+CoOp learns one context on the base classes only; the direction that best separates those classes
+(a background, a size, a style) moves every prototype, novel ones included, and for an unseen class
+it can be the wrong direction (Zhou et al., CoCoOp, CVPR 2022, figure 1: CoOp's novel-class drop).
+With z_c the zero-shot prototype of class c (the dataset's template) and w_c the learned one:
+
+- drift: cos(z_c, w_c) per class and per group (base / novel), drift = 1 - cos;
+- shift: Delta_c = w_c - z_c, the mean base shift mu, each class's projection on mu/|mu|, and the share
+  of sum_c |Delta_c|^2 that lies along mu (how much of the move is one shared direction);
+- base capture: novel test images scored among all classes, the fraction that lands on a base class,
+  zero-shot against learned, which base classes take them, and (toy world) by background and size;
+- worked examples: novel images the learned prompt sends to a base class, with their similarities to
+  their own class and to the top base classes before and after learning.
+
+Instance-conditional learners (CoCoOp) give one prototype per image, w_c(x): every statistic is then
+averaged over the test images, and capture uses the per-image logits.
+
+`analyze` is pure computation; `write_analysis` writes analysis.json, summary.md and the PNGs;
+`analyze_run_objects` (called by promptlab.train at the end of a run with analysis=true) and
+`analyze_run_dir` (a finished run dir, the promptlab-analyze CLI) connect both to runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptlab.clip.frozen import FrozenCLIP
+from promptlab.datamodule import EvalSet
+from promptlab.prompts.base import PromptLearner
+from promptlab.prompts.zeroshot import template_embeddings
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+ANALYSIS_DIRNAME = "analysis"
+TOP_CAPTURING = 5  # base classes listed as the main capturers of novel images
+TOP_BASE_PER_EXAMPLE = 3
+# Toy-world attributes (attributes.json) by which base capture is broken down: the nuisances that the
+# spurious rule ties to base classes (see the toy world generator, promptlab.data.toyworld).
+BREAKDOWN_ATTRIBUTES = ("background", "size")
+# Shifts shorter than this are float noise of two computations of the same unit vector (float32 rounding
+# is ~1e-7 per component): no direction is defined for them.
+NO_MOVE = 1e-5
+# Images x classes prototypes materialised at once for instance-conditional learners (memory bound).
+PROMPTS_PER_CHUNK = 16384
+
+FeaturesFn = Callable[[EvalSet], tuple[torch.Tensor, torch.Tensor]]
+
+
+class AnalysisError(ValueError):
+    """A run (dir) that cannot be analysed; the message says which and what to do."""
+
+
+# --------------------------------------------------------------------------- drift statistics
+class DriftSums:
+    """Running sums over prototype samples (one for a static prompt, one per image for CoCoOp)."""
+
+    def __init__(self, zeroshot: torch.Tensor) -> None:
+        self.zeroshot = zeroshot.double()
+        n_classes, dim = zeroshot.shape
+        self.n_samples = 0
+        self.cos_sum = torch.zeros(n_classes, dtype=torch.float64)
+        self.cos_min = torch.full((n_classes,), math.inf, dtype=torch.float64)
+        self.cos_max = torch.full((n_classes,), -math.inf, dtype=torch.float64)
+        self.shift_sum = torch.zeros(n_classes, dim, dtype=torch.float64)
+        self.shift_sq_sum = torch.zeros(n_classes, dtype=torch.float64)
+
+    def add(self, learned: torch.Tensor) -> None:
+        """learned: [B, C, D] prototypes of B samples (a static prompt is one sample)."""
+        learned = learned.detach().double().cpu()
+        shift = learned - self.zeroshot  # [B, C, D]
+        # Cosine of the two embeddings as they are (both unit vectors for real learners).
+        cos = (learned * self.zeroshot).sum(-1) / (learned.norm(dim=-1) * self.zeroshot.norm(dim=-1)).clamp_min(1e-12)
+        self.n_samples += learned.shape[0]
+        self.cos_sum += cos.sum(0)
+        self.cos_min = torch.minimum(self.cos_min, cos.min(0).values)
+        self.cos_max = torch.maximum(self.cos_max, cos.max(0).values)
+        self.shift_sum += shift.sum(0)
+        self.shift_sq_sum += shift.pow(2).sum(-1).sum(0)
+
+
+def _share(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > NO_MOVE**2 else None
+
+
+def drift_report(
+    sums: DriftSums,
+    classnames: Sequence[str],
+    groups: Mapping[str, Sequence[int]],
+    reference: str,
+    per_sample: bool = False,
+) -> dict[str, Any]:
+    """Per-class and per-group drift from accumulated sums; the mean shift mu is taken over `reference`.
+
+    Group statistics: cosine mean/min/max over the group's classes; `shared_share` = sum_c (Delta_c . mu_hat)^2
+    / sum_c |Delta_c|^2, the part of the group's squared shift along the shared base direction (None when
+    nothing moved). With per-image prototypes (`per_sample`), Delta_c is the image-averaged shift and
+    `instance_share` = 1 - sum_c |mean_x Delta_c(x)|^2 / sum_c mean_x |Delta_c(x)|^2 is the part of the
+    squared move that changes from image to image.
+    """
+    if sums.n_samples == 0:
+        raise AnalysisError("No prototypes to analyse: the evaluation sets hold no test images.")
+    n = float(sums.n_samples)
+    cos_mean = sums.cos_sum / n
+    shift_mean = sums.shift_sum / n  # [C, D]
+    shift_sq_mean = sums.shift_sq_sum / n
+    mu = shift_mean[list(groups[reference])].mean(0)
+    mu_norm = float(mu.norm())
+    direction = mu / mu_norm if mu_norm > NO_MOVE else None
+    along = shift_mean @ direction if direction is not None else torch.zeros(len(classnames), dtype=torch.float64)
+    shift_norm = shift_mean.norm(dim=-1)
+
+    group_of = {index: name for name, indices in groups.items() for index in indices}
+    classes = []
+    for c, name in enumerate(classnames):
+        entry: dict[str, Any] = {
+            "name": name,
+            "group": group_of.get(c),
+            "cosine": float(cos_mean[c]),
+            "drift": 1.0 - float(cos_mean[c]),
+            "shift_norm": float(shift_norm[c]),
+            "shift_along_mean": float(along[c]),
+            # cos of the angle between the class's move and the shared direction (None: no move).
+            "shift_alignment": (float(along[c] / shift_norm[c])
+                                if direction is not None and shift_norm[c] > NO_MOVE else None),
+        }
+        if per_sample:
+            entry["cosine_min"] = float(sums.cos_min[c])
+            entry["cosine_max"] = float(sums.cos_max[c])
+        classes.append(entry)
+
+    group_stats = {}
+    for name, indices in groups.items():
+        index = list(indices)
+        cos = cos_mean[index]
+        stats: dict[str, Any] = {
+            "n_classes": len(index),
+            "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+            "cosine_max": float(cos.max()),
+            "drift_mean": 1.0 - float(cos.mean()),
+            "shift_sq_sum": float(shift_norm[index].pow(2).sum()),
+            "shared_share": _share(float(along[index].pow(2).sum()), float(shift_norm[index].pow(2).sum())),
+        }
+        if per_sample:
+            total = float(shift_sq_mean[index].sum())
+            systematic = _share(float(shift_norm[index].pow(2).sum()), total)
+            stats["instance_share"] = None if systematic is None else max(0.0, 1.0 - systematic)
+        group_stats[name] = stats
+    return {
+        "reference_group": reference,
+        "mean_shift_norm": mu_norm,
+        "n_prototype_samples": sums.n_samples,
+        "per_image": per_sample,
+        "groups": group_stats,
+        "classes": classes,
+    }
+
+
+def drift_statistics(
+    zeroshot: torch.Tensor,
+    learned: torch.Tensor,
+    classnames: Sequence[str],
+    groups: Mapping[str, Sequence[int]],
+    reference: str,
+) -> dict[str, Any]:
+    """`drift_report` of prototypes given directly: learned [C, D] (static) or [B, C, D] (per image)."""
+    sums = DriftSums(zeroshot)
+    sums.add(learned if learned.dim() == 3 else learned.unsqueeze(0))
+    return drift_report(sums, classnames, groups, reference, per_sample=learned.dim() == 3)
+
+
+# --------------------------------------------------------------------------- scoring images
+@dataclass
+class Scores:
+    """Cosines of test images with the zero-shot and with the learned prototypes, [N, C] each."""
+
+    zeroshot: torch.Tensor
+    learned: torch.Tensor
+    sums: DriftSums
+
+    def rows(self, index: slice) -> Scores:
+        """The scores of some of the images (the drift sums stay those of all images)."""
+        return Scores(self.zeroshot[index], self.learned[index], self.sums)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@torch.no_grad()
+def score_images(
+    clip: FrozenCLIP, learner: PromptLearner, zeroshot: torch.Tensor, features: torch.Tensor
+) -> Scores:
+    """Score images among the learner's current class list, accumulating the drift sums on the way.
+
+    A static learner gives one set of prototypes (one drift sample); an instance-conditional one gives
+    prototypes per image, computed in chunks of at most PROMPTS_PER_CHUNK image x class prompts.
+    """
+    device = _device_of(clip)
+    features = features.to(device).float()
+    zeroshot = zeroshot.to(device).float()
+    sums = DriftSums(zeroshot.cpu())
+    zs_cos = (features @ zeroshot.t()).cpu()
+    if not learner.instance_conditional:
+        learned = learner(clip, None).float()
+        sums.add(learned.unsqueeze(0))
+        return Scores(zs_cos, (features @ learned.t()).cpu(), sums)
+    chunk = max(1, PROMPTS_PER_CHUNK // max(zeroshot.shape[0], 1))
+    parts = []
+    for start in range(0, features.shape[0], chunk):
+        feats = features[start : start + chunk]
+        learned = learner(clip, feats).float()  # [B, C, D]
+        sums.add(learned)
+        parts.append(torch.einsum("bd,bcd->bc", feats, learned).cpu())
+    learned_cos = torch.cat(parts) if parts else torch.empty(0, zeroshot.shape[0])
+    return Scores(zs_cos, learned_cos, sums)
+
+
+def _kept_items(eval_set: EvalSet, n_features: int) -> list:
+    """The items that have features (unreadable images skipped with on_error=skip are left out)."""
+    skipped = {s.get("impath") for s in eval_set.skipped}
+    items = [item for item in eval_set.items if item.impath not in skipped]
+    assert len(items) == n_features, f"{eval_set.name}: {len(items)} items but {n_features} features"
+    return items
+
+
+# --------------------------------------------------------------------------- attributes (toy world)
+def load_attributes(dataset_dir: Path | None) -> dict[str, dict[str, Any]] | None:
+    """`<dataset_dir>/attributes.json` (relative image path -> attributes) or None when there is none."""
+    if dataset_dir is None:
+        return None
+    path = Path(dataset_dir) / "attributes.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _relative_path(impath: str, dataset_dir: Path | None) -> str:
+    if dataset_dir is None:
+        return impath
+    try:
+        return Path(impath).resolve().relative_to(Path(dataset_dir).resolve()).as_posix()
+    except ValueError:
+        return impath
+
+
+def _attributes_of(relpath: str, attributes: Mapping[str, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """Attributes of an image; the file's keys are relative to the image folder, so leading folders
+    of the dataset-relative path are dropped until a key matches."""
+    if not attributes:
+        return None
+    parts = relpath.split("/")
+    for start in range(len(parts)):
+        hit = attributes.get("/".join(parts[start:]))
+        if hit is not None:
+            return hit
+    return None
+
+
+# --------------------------------------------------------------------------- base capture
+def _accuracy(cos: torch.Tensor, labels: torch.Tensor, columns: slice) -> float:
+    """Top-1 % among the classes in `columns` (labels are global, columns.start is the first label)."""
+    if labels.numel() == 0:
+        return float("nan")
+    pred = cos[:, columns].argmax(1) + (columns.start or 0)
+    return float((pred == labels).double().mean() * 100.0)
+
+
+def _capture_of(cos: torch.Tensor, labels: torch.Tensor, n_base: int, classnames: Sequence[str]) -> dict[str, Any]:
+    """Novel images scored among all classes: each is right, captured by a base class, or confused with
+    another novel class (the three fractions sum to 1)."""
+    pred = cos.argmax(1)
+    captured = pred < n_base
+    confused = ~captured & (pred != labels)
+    counts = torch.bincount(pred[captured], minlength=n_base)
+    order = sorted(range(n_base), key=lambda b: (-int(counts[b]), b))
+    n_images = int(labels.numel())
+    return {
+        "n_captured": int(captured.sum()),
+        "fraction": float(captured.double().mean()) if n_images else float("nan"),
+        "n_confused": int(confused.sum()),
+        "confused_fraction": float(confused.double().mean()) if n_images else float("nan"),
+        "novel_acc": _accuracy(cos, labels, slice(n_base, cos.shape[1])),
+        "all_class_acc": float((pred == labels).double().mean() * 100.0) if n_images else float("nan"),
+        "counts_by_base_class": {classnames[b]: int(counts[b]) for b in range(n_base)},
+        "top_capturing": [{"class": classnames[b], "count": int(counts[b])}
+                          for b in order[:TOP_CAPTURING] if counts[b] > 0],
+    }
+
+
+def _majority(values: list[Any]) -> Any:
+    return Counter(values).most_common(1)[0][0] if values else None
+
+
+def _attribute_breakdown(
+    novel_attrs: list[dict[str, Any] | None],
+    base_attrs: list[dict[str, Any] | None],
+    base_labels: torch.Tensor,
+    predictions: dict[str, torch.Tensor],
+    n_base: int,
+) -> dict[str, Any] | None:
+    """Capture by the novel image's attribute value, and how often the capturing base class's typical
+    value (the majority among its test images) is the image's own: the spurious rule at work."""
+    if not novel_attrs or any(a is None for a in novel_attrs):
+        return None
+    keys = [k for k in BREAKDOWN_ATTRIBUTES if all(k in a for a in novel_attrs)]
+    if not keys:
+        return None
+    by_value: dict[str, Any] = {}
+    matches: dict[str, Any] = {}
+    for key in keys:
+        values = [a[key] for a in novel_attrs]
+        rows = {}
+        for value in sorted(set(values), key=str):
+            mask = torch.tensor([v == value for v in values])
+            rows[str(value)] = {"n_images": int(mask.sum())} | {
+                name: float((pred[mask] < n_base).double().mean()) for name, pred in predictions.items()
+            }
+        by_value[key] = rows
+        typical = [
+            _majority([a[key] for a, lbl in zip(base_attrs, base_labels.tolist(), strict=True)
+                       if a is not None and key in a and lbl == b])
+            for b in range(n_base)
+        ]
+        matches[key] = {}
+        for name, pred in predictions.items():
+            captured = [(i, int(p)) for i, p in enumerate(pred.tolist()) if p < n_base]
+            same = sum(1 for i, b in captured if typical[b] is not None and typical[b] == values[i])
+            matches[key][name] = {"n_captured": len(captured),
+                                  "fraction": same / len(captured) if captured else None}
+    return {"by_value": by_value, "capturer_shares_value": matches}
+
+
+# --------------------------------------------------------------------------- worked examples
+def _pick_examples(
+    zs_pred: torch.Tensor, learned_pred: torch.Tensor, labels: torch.Tensor, n_base: int, n_examples: int, seed: int
+) -> list[tuple[int, str]]:
+    """Novel images that zero-shot got right and the learned prompt sends to a base class, then a seeded
+    random fill-up; (index, reason) sorted by index within each kind."""
+    if n_examples <= 0 or labels.numel() == 0:
+        return []
+    generator = torch.Generator().manual_seed(seed)
+    captured = ((zs_pred == labels) & (learned_pred < n_base)).nonzero().flatten()
+    if captured.numel() > n_examples:
+        captured = captured[torch.randperm(captured.numel(), generator=generator)[:n_examples]]
+    chosen = sorted(captured.tolist())
+    taken = set(chosen)
+    rest = torch.tensor([i for i in range(labels.numel()) if i not in taken], dtype=torch.long)
+    n_fill = min(n_examples - len(chosen), rest.numel())
+    fill = sorted(rest[torch.randperm(rest.numel(), generator=generator)[:n_fill]].tolist()) if n_fill > 0 else []
+    return [(i, "captured") for i in chosen] + [(i, "random") for i in fill]
+
+
+def _examples(
+    scores: Scores, labels: torch.Tensor, items: list, classnames: Sequence[str], n_base: int,
+    dataset_dir: Path | None, attributes: Mapping[str, dict[str, Any]] | None, n_examples: int, seed: int,
+) -> list[dict[str, Any]]:
+    zs_pred, learned_pred = scores.zeroshot.argmax(1), scores.learned.argmax(1)
+    out = []
+    for index, reason in _pick_examples(zs_pred, learned_pred, labels, n_base, n_examples, seed):
+        label = int(labels[index])
+        zs, learned = scores.zeroshot[index], scores.learned[index]
+        top_base = learned[:n_base].argsort(descending=True)[:TOP_BASE_PER_EXAMPLE].tolist()
+        relpath = _relative_path(items[index].impath, dataset_dir)
+        out.append({
+            "index": index,
+            "impath": items[index].impath,
+            "image": relpath,
+            "class": classnames[label],
+            "selected": reason,
+            "zeroshot_prediction": classnames[int(zs_pred[index])],
+            "learned_prediction": classnames[int(learned_pred[index])],
+            "own_class": {"zeroshot": float(zs[label]), "learned": float(learned[label])},
+            "top_base_classes": [{"class": classnames[b], "zeroshot": float(zs[b]), "learned": float(learned[b])}
+                                 for b in top_base],
+            "attributes": _attributes_of(relpath, attributes),
+        })
+    return out
+
+
+# --------------------------------------------------------------------------- analyze
+def _split_eval_sets(eval_sets: Sequence[EvalSet]) -> tuple[EvalSet, EvalSet] | None:
+    base = [e for e in eval_sets if e.subset == "base"]
+    novel = [e for e in eval_sets if e.subset == "novel"]
+    if len(base) == 1 and len(novel) == 1 and base[0].dataset == novel[0].dataset:
+        return base[0], novel[0]
+    return None
+
+
+def analyze(
+    clip: FrozenCLIP,
+    learner: PromptLearner,
+    zeroshot_templates: Sequence[str],
+    eval_sets: Sequence[EvalSet],
+    features_fn: FeaturesFn,
+    dataset_dir: Path | None = None,
+    n_examples: int = 6,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All diagnostics as a JSON-ready dict (no files).
+
+    A base/novel pair of evaluation sets (base2novel) gets drift per group, base capture and worked
+    examples; any other protocol gets the drift of each evaluation on its own class list. The learner's
+    class list is restored afterwards.
+    """
+    templates = list(zeroshot_templates)
+    previous_classnames, was_training = list(learner.classnames), learner.training
+    learner.eval()
+    try:
+        pair = _split_eval_sets(eval_sets)
+        if pair is not None:
+            body = _analyze_base2novel(clip, learner, templates, *pair, features_fn, dataset_dir, n_examples, seed)
+        else:
+            body = _analyze_per_evaluation(clip, learner, templates, eval_sets, features_fn)
+    finally:
+        learner.train(was_training)
+        if previous_classnames:
+            learner.set_classnames(clip, previous_classnames)
+    return {
+        "schema": SCHEMA_VERSION,
+        "learner": type(learner).__name__,
+        "instance_conditional": bool(learner.instance_conditional),
+        "templates": templates,
+    } | body
+
+
+def _analyze_base2novel(
+    clip: FrozenCLIP, learner: PromptLearner, templates: list[str], base: EvalSet, novel: EvalSet,
+    features_fn: FeaturesFn, dataset_dir: Path | None, n_examples: int, seed: int,
+) -> dict[str, Any]:
+    n_base = len(base.classnames)
+    classnames = list(base.classnames) + list(novel.classnames)
+    # The base/novel rule relabels each half from 0 (promptlab.data.base_novel): novel label l is class
+    # n_base + l of the full list.
+    base_feats, base_labels = features_fn(base)
+    novel_feats, novel_labels = features_fn(novel)
+    base_items, novel_items = _kept_items(base, base_labels.numel()), _kept_items(novel, novel_labels.numel())
+    novel_labels = novel_labels + n_base
+    zeroshot = template_embeddings(clip, templates, classnames)
+    learner.set_classnames(clip, classnames)
+    scores = score_images(clip, learner, zeroshot, torch.cat([base_feats, novel_feats]))
+    n_base_images = base_labels.numel()
+    groups = {"base": range(n_base), "novel": range(n_base, len(classnames))}
+    drift = drift_report(scores.sums, classnames, groups, "base", per_sample=learner.instance_conditional)
+
+    base_scores, novel_scores = scores.rows(slice(0, n_base_images)), scores.rows(slice(n_base_images, None))
+    accuracy = {
+        name: {"base": _accuracy(getattr(base_scores, name), base_labels, slice(0, n_base)),
+               "novel": _accuracy(getattr(novel_scores, name), novel_labels, slice(n_base, len(classnames)))}
+        for name in ("zeroshot", "learned")
+    }
+    capture = {
+        "n_novel_images": int(novel_labels.numel()),
+        "n_base_classes": n_base,
+        "n_novel_classes": len(novel.classnames),
+        "zeroshot": _capture_of(novel_scores.zeroshot, novel_labels, n_base, classnames),
+        "learned": _capture_of(novel_scores.learned, novel_labels, n_base, classnames),
+    }
+    attributes = load_attributes(dataset_dir)
+    if attributes is not None:
+        novel_attrs = [_attributes_of(_relative_path(i.impath, dataset_dir), attributes) for i in novel_items]
+        base_attrs = [_attributes_of(_relative_path(i.impath, dataset_dir), attributes) for i in base_items]
+        predictions = {"zeroshot": novel_scores.zeroshot.argmax(1), "learned": novel_scores.learned.argmax(1)}
+        capture["by_attribute"] = _attribute_breakdown(novel_attrs, base_attrs, base_labels, predictions, n_base)
+    else:
+        capture["by_attribute"] = None
+    examples = _examples(novel_scores, novel_labels, novel_items, classnames, n_base, dataset_dir, attributes,
+                         n_examples, seed)
+    return {
+        "mode": "base2novel",
+        "dataset": base.dataset,
+        "drift": drift,
+        "accuracy": accuracy,
+        "capture": capture,
+        "examples": examples,
+    }
+
+
+def _analyze_per_evaluation(
+    clip: FrozenCLIP, learner: PromptLearner, templates: list[str], eval_sets: Sequence[EvalSet],
+    features_fn: FeaturesFn,
+) -> dict[str, Any]:
+    evaluations = []
+    for eval_set in eval_sets:
+        feats, labels = features_fn(eval_set)
+        zeroshot = template_embeddings(clip, templates, eval_set.classnames)
+        learner.set_classnames(clip, eval_set.classnames)
+        scores = score_images(clip, learner, zeroshot, feats)
+        every = slice(0, len(eval_set.classnames))
+        evaluations.append({
+            "name": eval_set.name,
+            "dataset": eval_set.dataset,
+            "n_images": int(labels.numel()),
+            "drift": drift_report(scores.sums, eval_set.classnames, {eval_set.name: range(len(eval_set.classnames))},
+                                  eval_set.name, per_sample=learner.instance_conditional),
+            "accuracy": {"zeroshot": _accuracy(scores.zeroshot, labels, every),
+                         "learned": _accuracy(scores.learned, labels, every)},
+        })
+    return {"mode": "per_evaluation", "evaluations": evaluations}
+
+
+# --------------------------------------------------------------------------- headline and summary
+def headline_numbers(analysis: Mapping[str, Any]) -> dict[str, float]:
+    """The few numbers worth a dashboard: drift per group, |mu|, capture and novel accuracy."""
+    out: dict[str, float] = {}
+    if analysis["mode"] == "base2novel":
+        drift, capture = analysis["drift"], analysis["capture"]
+        for group, stats in drift["groups"].items():
+            out[f"analysis/{group}_cosine_mean"] = stats["cosine_mean"]
+            if stats["shared_share"] is not None:
+                out[f"analysis/{group}_shared_share"] = stats["shared_share"]
+        out["analysis/mean_shift_norm"] = drift["mean_shift_norm"]
+        for name in ("zeroshot", "learned"):
+            out[f"analysis/capture_{name}"] = capture[name]["fraction"]
+            out[f"analysis/confused_{name}"] = capture[name]["confused_fraction"]
+            out[f"analysis/novel_acc_{name}"] = capture[name]["novel_acc"]
+        return out
+    for evaluation in analysis["evaluations"]:
+        stats = evaluation["drift"]["groups"][evaluation["name"]]
+        out[f"analysis/{evaluation['name']}/cosine_mean"] = stats["cosine_mean"]
+        out[f"analysis/{evaluation['name']}/mean_shift_norm"] = evaluation["drift"]["mean_shift_norm"]
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100.0 * value:.1f} %"
+
+
+def _interpretation(analysis: Mapping[str, Any]) -> str:
+    """One sentence: where the change in novel-image errors (all classes scored) comes from."""
+    drift, capture = analysis["drift"], analysis["capture"]
+    if max(abs(c["drift"]) for c in drift["classes"]) < 1e-4:
+        return ("The learned prompt gives the zero-shot prototypes (no class moved), so nothing changed for "
+                "novel classes.")
+    zs, learned = capture["zeroshot"], capture["learned"]
+    d_capture = 100.0 * (learned["fraction"] - zs["fraction"])
+    d_confused = 100.0 * (learned["confused_fraction"] - zs["confused_fraction"])
+    if max(d_capture, d_confused) < 1.0:
+        verdict = "the move does not cost the novel classes"
+    elif d_capture > d_confused:
+        verdict = "the rule learned on the base classes mostly pulls novel images onto base classes"
+    else:
+        verdict = ("the loss is mostly confusion among the novel classes (the rule learned on the base classes "
+                   "applied to novel names), not capture by base classes")
+    novel = drift["groups"]["novel"]
+    return (f"The learned prompt moved the novel prototypes to mean cosine {novel['cosine_mean']:.3f} with their "
+            f"zero-shot ones ({_pct(novel['shared_share'])} of the squared shift along the mean base shift); "
+            f"novel images scored among all classes changed by {d_capture:+.1f} points in base capture and "
+            f"{d_confused:+.1f} points in confusion with other novel classes, so {verdict}.")
+
+
+def summary_markdown(analysis: Mapping[str, Any]) -> str:
+    """A short human-readable summary of an analysis."""
+    run = analysis.get("run") or {}
+    title = " ".join(str(run[k]) for k in ("method", "dataset", "protocol") if run.get(k)) or analysis["learner"]
+    lines = [f"# Prompt drift: {title}", ""]
+    if run.get("run_dir"):
+        lines += [f"Run: `{run['run_dir']}`", ""]
+    per_image = " (per-image prototypes, averaged over test images)" if analysis["instance_conditional"] else ""
+    lines += [f"Learner {analysis['learner']}{per_image}; zero-shot template(s): "
+              + ", ".join(f"`{t}`" for t in analysis["templates"]), ""]
+    if analysis["mode"] != "base2novel":
+        lines += ["| evaluation | classes | cos mean | cos min | cos max | mean shift | zero-shot acc | learned acc |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for e in analysis["evaluations"]:
+            s = e["drift"]["groups"][e["name"]]
+            lines.append(f"| {e['name']} | {s['n_classes']} | {s['cosine_mean']:.4f} | {s['cosine_min']:.4f} | "
+                         f"{s['cosine_max']:.4f} | {e['drift']['mean_shift_norm']:.4f} | "
+                         f"{e['accuracy']['zeroshot']:.2f} | {e['accuracy']['learned']:.2f} |")
+        changes = "; ".join(
+            f"{e['name']}: mean cosine {e['drift']['groups'][e['name']]['cosine_mean']:.3f}, top-1 "
+            f"{e['accuracy']['learned'] - e['accuracy']['zeroshot']:+.2f} points" for e in analysis["evaluations"])
+        lines += ["", "## Interpretation", "",
+                  f"Against the zero-shot prompt the learned one changes each evaluation as follows ({changes}); "
+                  "lower cosines mean the prompt moved further from the hand-written one there."]
+        return "\n".join(lines) + "\n"
+
+    drift, capture, accuracy = analysis["drift"], analysis["capture"], analysis["accuracy"]
+    lines += ["## Drift (cosine between zero-shot and learned prototypes)", "",
+              "| group | classes | cos mean | cos min | cos max | share of squared shift along mu |",
+              "|---|---|---|---|---|---|"]
+    for group, s in drift["groups"].items():
+        lines.append(f"| {group} | {s['n_classes']} | {s['cosine_mean']:.4f} | {s['cosine_min']:.4f} | "
+                     f"{s['cosine_max']:.4f} | {_pct(s['shared_share'])} |")
+    lines += ["", f"Mean base shift |mu| = {drift['mean_shift_norm']:.4f}."]
+    if drift["per_image"]:
+        lines.append("Part of the squared move that varies from image to image: "
+                     + ", ".join(f"{g} {_pct(s.get('instance_share'))}" for g, s in drift["groups"].items()) + ".")
+    zs, learned, n_novel = capture["zeroshot"], capture["learned"], capture["n_novel_images"]
+    lines += ["", "## Base capture (novel test images scored among all classes)", "",
+              "| | zero-shot | learned |", "|---|---|---|",
+              f"| novel images on a base class | {_pct(zs['fraction'])} ({zs['n_captured']}/{n_novel}) "
+              f"| {_pct(learned['fraction'])} ({learned['n_captured']}/{n_novel}) |",
+              f"| novel images on another novel class | {_pct(zs['confused_fraction'])} | "
+              f"{_pct(learned['confused_fraction'])} |",
+              f"| novel accuracy among novel classes | {zs['novel_acc']:.2f} | {learned['novel_acc']:.2f} |",
+              f"| base accuracy among base classes | {accuracy['zeroshot']['base']:.2f} | "
+              f"{accuracy['learned']['base']:.2f} |", "",
+              "Top capturing base classes (learned): "
+              + (", ".join(f"{t['class']} ({t['count']})" for t in learned["top_capturing"]) or "none") + "."]
+    breakdown = capture.get("by_attribute")
+    if breakdown:
+        lines += ["", "| novel image | value | images | zero-shot capture | learned capture |", "|---|---|---|---|---|"]
+        for key, rows in breakdown["by_value"].items():
+            for value, row in rows.items():
+                lines.append(f"| {key} | {value} | {row['n_images']} | {_pct(row['zeroshot'])} | "
+                             f"{_pct(row['learned'])} |")
+        for key, match in breakdown["capturer_shares_value"].items():
+            lines.append(f"\nCaptured images whose capturing base class typically has the same {key}: zero-shot "
+                         f"{_pct(match['zeroshot']['fraction'])}, learned {_pct(match['learned']['fraction'])}.")
+    if analysis["examples"]:
+        lines += ["", "## Examples (cosine zero-shot -> learned)", ""]
+        for ex in analysis["examples"]:
+            attrs = ex.get("attributes") or {}
+            extra = ", ".join(f"{k} {attrs[k]}" for k in BREAKDOWN_ATTRIBUTES if k in attrs)
+            bases = "; ".join(f"{b['class']} {b['zeroshot']:.3f} -> {b['learned']:.3f}" for b in ex["top_base_classes"])
+            lines.append(f"- `{ex['image']}` ({ex['class']}{', ' + extra if extra else ''}; {ex['selected']}): "
+                         f"predicted {ex['zeroshot_prediction']} -> {ex['learned_prediction']}; own class "
+                         f"{ex['own_class']['zeroshot']:.3f} -> {ex['own_class']['learned']:.3f}; base: {bases}")
+    lines += ["", "## Interpretation", "", _interpretation(analysis)]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- files and W&B
+def _json_ready(value: Any) -> Any:
+    """NaN is not JSON: write it as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def write_analysis(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write analysis.json, summary.md and the PNGs into `out_dir`; log them to an active W&B run."""
+    from promptlab.analysis.plots import write_plots
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "analysis.json", "summary": out_dir / "summary.md"}
+    paths["json"].write_text(json.dumps(_json_ready(result), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    paths["summary"].write_text(summary_markdown(result), encoding="utf-8")
+    paths |= write_plots(result, out_dir)
+    log_to_wandb(result, paths)
+    return paths
+
+
+def log_to_wandb(result: Mapping[str, Any], paths: Mapping[str, Path]) -> bool:
+    """Headline numbers (log + run summary) and the PNGs to the active W&B run; False when none is active."""
+    wandb = sys.modules.get("wandb")  # not imported means no run can be active: skip the slow import
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return False
+    numbers = {k: v for k, v in headline_numbers(result).items() if math.isfinite(v)}
+    images = {f"analysis/{p.stem}": wandb.Image(str(p)) for p in paths.values() if p.suffix == ".png"}
+    wandb.run.log({**numbers, **images})
+    wandb.run.summary.update(numbers)
+    return True
+
+
+# --------------------------------------------------------------------------- runs
+def _run_info(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("method", "dataset", "protocol", "shots", "seed", "epochs", "backbone")
+    return {"run_dir": str(Path(run_dir).resolve())} | {k: summary[k] for k in keys if k in summary}
+
+
+def analyze_run_objects(run_dir: Path, cfg: Any, result: Mapping[str, Any]) -> dict[str, Path]:
+    """Diagnostics of a run that has just finished (train.run with analysis=true), from its live objects."""
+    data, datamodule = result["data"], result["datamodule"]
+    dataset_dir = data.source_splits.dataset_dir if data.source_splits is not None else None
+    analysis = analyze(result["clip"], result["learner"], list(cfg.dataset.templates), data.eval_sets,
+                       datamodule.eval_features, dataset_dir=dataset_dir, seed=int(cfg.seed))
+    analysis["run"] = _run_info(Path(run_dir), result.get("summary") or {})
+    paths = write_analysis(analysis, Path(run_dir) / ANALYSIS_DIRNAME)
+    log.info("prompt-drift analysis written to %s", Path(run_dir) / ANALYSIS_DIRNAME)
+    return paths
+
+
+def _complete_record(run_dir: Path) -> dict[str, Any]:
+    from promptlab.results.records import STATUS_COMPLETE, RecordError, read_record
+
+    if not run_dir.is_dir():
+        raise AnalysisError(f"{run_dir}: not a directory; pass a run directory (one that holds metrics.json).")
+    try:
+        record = read_record(run_dir)
+    except RecordError as err:
+        raise AnalysisError(str(err)) from err
+    if record is None:
+        raise AnalysisError(f"{run_dir}: no metrics.json; pass the output directory of one finished run "
+                            "(outputs/runs/... or one job folder of a sweep).")
+    if record["status"] != STATUS_COMPLETE:
+        raise AnalysisError(f"{run_dir}: the run record has status {record['status']!r}, expected "
+                            f"{STATUS_COMPLETE!r}; rerun the job (it resumes) and analyse it when it has finished.")
+    if not record.get("config"):
+        raise AnalysisError(f"{run_dir}/metrics.json holds no resolved config; rerun the job with this promptlab.")
+    return record
+
+
+def analyze_run_dir(run_dir: Path, n_examples: int = 6) -> dict[str, Path]:
+    """Rebuild a finished run's CLIP, data and learned prompt from its dir and write its diagnostics."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from promptlab.train import build_parts
+
+    run_dir = Path(run_dir)
+    record = _complete_record(run_dir)
+    cfg = OmegaConf.create(record["config"])
+    prompt_path = run_dir / "prompt_learner.pt"
+    trainable = get_class(cfg.method.learner._target_).trainable
+    if trainable and not prompt_path.is_file():
+        raise AnalysisError(f"{run_dir}: method {cfg.method.name!r} learns a prompt but {prompt_path.name} is missing; "
+                            "it is written at the end of training: rerun the job with resume=false.")
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    parts = build_parts(cfg, device=device, prompt=prompt_path if trainable else None)
+    data = parts.data
+    dataset_dir = data.source_splits.dataset_dir if data.source_splits is not None else None
+    analysis = analyze(parts.clip, parts.learner, list(cfg.dataset.templates), data.eval_sets,
+                       parts.datamodule.eval_features, dataset_dir=dataset_dir, n_examples=n_examples,
+                       seed=int(cfg.seed))
+    analysis["run"] = _run_info(run_dir, record["summary"])
+    return write_analysis(analysis, run_dir / ANALYSIS_DIRNAME)
