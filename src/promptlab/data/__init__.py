@@ -1,0 +1,1 @@
+"""Datasets in the CoOp on-disk layout, few-shot sampling, base/novel splits, the toy world."""
