@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
-def make_random_clip(seed: int = 0, truncate_text: bool = True) -> FrozenCLIP:
+def make_random_clip(seed: int = 0, truncate_text: bool = True, share_prefix: bool = True) -> FrozenCLIP:
     """A randomly initialised CLIP with the toy architecture (ViT width 64, text width 64)."""
     torch.manual_seed(seed)
     model = open_clip.model.CLIP(
@@ -25,7 +25,7 @@ def make_random_clip(seed: int = 0, truncate_text: bool = True) -> FrozenCLIP:
         quick_gelu=True,
     )
     return FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-32"), checkpoint_id=f"random:{seed}",
-                      truncate_text=truncate_text)
+                      truncate_text=truncate_text, share_prefix=share_prefix)
 
 
 @pytest.fixture(scope="session")

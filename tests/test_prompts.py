@@ -37,6 +37,23 @@ def test_truncated_text_encoder_is_exact():
         torch.testing.assert_close(a(full), b(cut), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("truncate", [True, False])
+def test_shared_prefix_encoding_is_exact(truncate):
+    shared, plain = make_random_clip(truncate_text=truncate), make_random_clip(truncate_text=truncate, share_prefix=False)
+    assert shared.share_prefix and not plain.share_prefix
+    images = torch.nn.functional.normalize(torch.randn(3, shared.vis_dim), dim=-1)
+    for make in (lambda c: CoOpPrompts(c, n_ctx=7, init_seed=2), lambda c: CoCoOpPrompts(c, init_seed=2)):
+        a, b = make(shared), make(plain)
+        a.set_classnames(shared, CLASSNAMES)
+        b.set_classnames(plain, CLASSNAMES)
+        out_a, out_b = a(shared, images), b(plain, images)
+        torch.testing.assert_close(out_a, out_b, atol=2e-5, rtol=1e-5)
+        # and the gradients with respect to the context
+        out_a.sum().backward()
+        out_b.sum().backward()
+        torch.testing.assert_close(a.ctx.grad, b.ctx.grad, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 @pytest.mark.parametrize("csc", [False, True])
 def test_prompt_layout_matches_reference(random_clip, position, csc):

@@ -8,7 +8,6 @@ import logging
 import math
 import re
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptlab.clip import load_clip_from_config
 from promptlab.datamodule import PromptDataModule
+from promptlab.logs import quiet_libraries
 from promptlab.module import PromptLearningModule
 from promptlab.protocols import ProtocolData, build_protocol_data
 from promptlab.results.metrics import harmonic_mean
@@ -393,19 +393,9 @@ def print_run(record: dict[str, Any], run_dir: Path) -> None:
     console.print(f"run record: {run_dir / 'metrics.json'}")
 
 
-def _quiet_libraries() -> None:
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*The number of training batches.*")
-    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
-    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.seed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    _quiet_libraries()
+    quiet_libraries()
     record = run(cfg)
     return (record or {}).get("metrics", {}).get("hm")
 

@@ -15,11 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptlab.clip.shared_prefix import encode_shared_prefix, supports_shared_prefix
+
 
 class FrozenCLIP(nn.Module):
     """An open_clip CLIP model with every weight frozen and the module pinned to eval mode."""
 
-    def __init__(self, model: nn.Module, tokenizer, checkpoint_id: str, truncate_text: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer, checkpoint_id: str, truncate_text: bool = True, share_prefix: bool = True
+    ) -> None:
         super().__init__()
         if not hasattr(model, "token_embedding") or not hasattr(model, "transformer"):
             raise ValueError(
@@ -35,6 +39,9 @@ class FrozenCLIP(nn.Module):
         # before it: running the first L = max(EOT)+1 positions instead of all 77 gives the same
         # features at a fraction of the cost (DESIGN.md section 6). False reproduces the reference.
         self.truncate_text = truncate_text
+        # Prompts that start with the same tokens (CoOp's [SOS, context], one image's CoCoOp context) compute
+        # those positions once (shared_prefix.py); exact, and False runs every prompt in full.
+        self.share_prefix = share_prefix and supports_shared_prefix(model)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
@@ -122,6 +129,22 @@ class FrozenCLIP(nn.Module):
         proj = model.text_projection
         x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return F.normalize(x.float(), dim=-1)
+
+    def encode_prefix_suffix(self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """Normalised embeddings [G, K, D] of the prompts [prefix_g, suffix_k] (G groups of K prompts).
+
+        prefix: [G, P, W]; suffix: [K, S, W] or [G, K, S, W]; eot_index: [K], in the full prompt.
+        """
+        groups, p_len = prefix.shape[:2]
+        n_cls = suffix.shape[-3]
+        if self.share_prefix:
+            feats = encode_shared_prefix(self.model, prefix, suffix, eot_index - p_len)
+            return F.normalize(feats.float(), dim=-1)
+        if suffix.dim() == 3:
+            suffix = suffix.unsqueeze(0).expand(groups, -1, -1, -1)
+        prompts = torch.cat([prefix.unsqueeze(1).expand(-1, n_cls, -1, -1), suffix.to(prefix.dtype)], dim=2)
+        feats = self.encode_token_embeddings(prompts.flatten(0, 1), eot_index.repeat(groups))
+        return feats.view(groups, n_cls, -1)
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 1024) -> torch.Tensor:
         """Normalised text embeddings of plain strings, [N, embed_dim], without gradient."""

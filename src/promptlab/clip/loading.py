@@ -128,6 +128,7 @@ def load_clip(
     truncate_text: bool = True,
     cache_dir: str | None = None,
     device: str | torch.device = "cpu",
+    share_prefix: bool = True,
 ) -> FrozenCLIP:
     """Load a CLIP model through open_clip and freeze it (no gradients, eval mode)."""
     if weights_dtype not in WEIGHT_DTYPES:
@@ -146,7 +147,8 @@ def load_clip(
                     f"{path} is not an OpenAI-format checkpoint, so its architecture cannot be inferred: "
                     "set model.name=<open_clip model name> and pass the file as model.pretrained=<path>."
                 )
-            return load_clip(name, str(path), None, quick_gelu, weights_dtype, truncate_text, cache_dir, device)
+            return load_clip(name, str(path), None, quick_gelu, weights_dtype, truncate_text, cache_dir, device,
+                             share_prefix)
     else:
         if not name:
             raise ClipLoadError("Set model.name (an open_clip model name such as ViT-B-16) or model.checkpoint.")
@@ -181,7 +183,8 @@ def load_clip(
             raise
         tokenizer = open_clip.get_tokenizer(name)
     model = model.to(device=device, dtype=WEIGHT_DTYPES[weights_dtype])
-    return FrozenCLIP(model, tokenizer, checkpoint_id=checkpoint_id, truncate_text=truncate_text)
+    return FrozenCLIP(model, tokenizer, checkpoint_id=checkpoint_id, truncate_text=truncate_text,
+                      share_prefix=share_prefix)
 
 
 def load_clip_from_config(cfg, device: str | torch.device = "cpu") -> FrozenCLIP:
@@ -195,4 +198,5 @@ def load_clip_from_config(cfg, device: str | torch.device = "cpu") -> FrozenCLIP
         truncate_text=bool(cfg.get("truncate_text", True)),
         cache_dir=cfg.get("cache_dir"),
         device=device,
+        share_prefix=bool(cfg.get("share_prefix", True)),
     )

@@ -65,13 +65,11 @@ class CoCoOpPrompts(PromptLearner):
         return self.meta_net(image_features.to(self.ctx.dtype))
 
     def _encode_chunk(self, clip: FrozenCLIP, ctx_shifted: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        batch, n_cls = ctx_shifted.shape[0], stop - start
-        prefix = self.prefix[start:stop].unsqueeze(0).expand(batch, -1, -1, -1)
-        suffix = self.suffix[start:stop].unsqueeze(0).expand(batch, -1, -1, -1)
-        ctx = ctx_shifted.unsqueeze(1).expand(-1, n_cls, -1, -1)
-        prompts = torch.cat([prefix, ctx, suffix], dim=2).flatten(0, 1)  # [B*K, T, W]
-        eot = self.eot_index[start:stop].repeat(batch)
-        return clip.encode_token_embeddings(prompts, eot).view(batch, n_cls, -1)
+        # One group per image: its prompts share [SOS, v1+pi .. vM+pi] and differ from the class name on.
+        batch = ctx_shifted.shape[0]
+        sos = self.prefix[:1].expand(batch, -1, -1)
+        prefix = torch.cat([sos, ctx_shifted.to(sos.dtype)], dim=1)  # [B, 1+M, W]
+        return clip.encode_prefix_suffix(prefix, self.suffix[start:stop], self.eot_index[start:stop])
 
     def forward(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
         if image_features is None:

@@ -127,4 +127,8 @@ class CoOpPrompts(PromptLearner):
         return prompts
 
     def forward(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        if self.layout is None and not self.csc:
+            # [SOS, v1..vM] is the same for every class: encode it once (exact, see clip/shared_prefix.py).
+            prefix = torch.cat([self.prefix[:1], self.ctx.unsqueeze(0).to(self.prefix.dtype)], dim=1)
+            return clip.encode_prefix_suffix(prefix, self.suffix, self.eot_index)[0]
         return clip.encode_token_embeddings(self.prompt_embeddings(), self.eot_index)

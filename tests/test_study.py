@@ -1,0 +1,46 @@
+"""The spurious-study summary: rows per (method, strength), deltas against zero-shot, files written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from promptlab.analysis.study import build_rows, collect_runs, write_study
+from promptlab.results.records import make_record, write_record
+
+
+def _job(root: Path, method: str, spurious: float, seed: int, base: float, novel: float, drift: float | None):
+    run_dir = root / f"{method}-{spurious}-{seed}"
+    summary = {"protocol": "base2novel", "method": method, "dataset": "toyworld", "seed": seed,
+               "spurious": spurious}
+    metrics = {"base_acc": base, "novel_acc": novel, "hm": 2 * base * novel / (base + novel)}
+    write_record(run_dir, make_record(run_dir, status="complete", summary=summary, metrics=metrics))
+    if drift is not None:
+        (run_dir / "analysis").mkdir()
+        (run_dir / "analysis" / "analysis.json").write_text(json.dumps({
+            "drift": {"groups": {"novel": {"drift_mean": drift}}},
+            "capture": {"learned": {"fraction": 0.25}}}))
+
+
+def test_rows_deltas_and_files(tmp_path):
+    for seed, (cb, cn) in enumerate([(96.0, 80.0), (98.0, 84.0)], start=1):
+        _job(tmp_path, "zeroshot", 1.0, seed, 90.0, 90.0, 0.0)
+        _job(tmp_path, "coop", 1.0, seed, cb, cn, 0.1 * seed)
+    _job(tmp_path, "zeroshot", 0.0, 1, 91.0, 90.0, 0.0)
+    _job(tmp_path, "coop", 0.0, 1, 92.0, 89.0, None)  # no analysis: drift left out, not invented
+    rows = build_rows(collect_runs([tmp_path]))
+    assert [(r.method, r.spurious) for r in rows] == [("zeroshot", 0.0), ("zeroshot", 1.0), ("coop", 0.0),
+                                                      ("coop", 1.0)]
+    coop = rows[3]
+    assert coop.seeds == [1, 2]
+    assert coop.mean["base"] == pytest.approx(97.0) and coop.std["base"] == pytest.approx(1.0)
+    assert coop.delta_base == pytest.approx([6.0, 8.0]) and coop.delta_novel == pytest.approx([-10.0, -6.0])
+    assert coop.mean["novel_drift"] == pytest.approx(0.15)
+    assert "novel_drift" not in rows[2].mean
+    paths = write_study(tmp_path, quiet=True)
+    markdown = paths["markdown"].read_text()
+    assert "| coop | 1 | 97.0 ± 1.0 | 82.0 ± 2.0 |" in markdown
+    assert "+6.0 .. +8.0" in markdown and "-10.0 .. -6.0" in markdown
+    assert paths["figure"].stat().st_size > 5000
