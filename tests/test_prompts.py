@@ -39,7 +39,8 @@ def test_truncated_text_encoder_is_exact():
 
 @pytest.mark.parametrize("truncate", [True, False])
 def test_shared_prefix_encoding_is_exact(truncate):
-    shared, plain = make_random_clip(truncate_text=truncate), make_random_clip(truncate_text=truncate, share_prefix=False)
+    shared = make_random_clip(truncate_text=truncate)
+    plain = make_random_clip(truncate_text=truncate, share_prefix=False)
     assert shared.share_prefix and not plain.share_prefix
     images = torch.nn.functional.normalize(torch.randn(3, shared.vis_dim), dim=-1)
     for make in (lambda c: CoOpPrompts(c, n_ctx=7, init_seed=2), lambda c: CoCoOpPrompts(c, init_seed=2)):
