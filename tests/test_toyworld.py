@@ -36,9 +36,7 @@ def test_same_spec_gives_byte_identical_files(tiny_world: Path, tmp_path: Path) 
     assert first.keys() == second.keys()
     assert first == second
     other_seed = tw.ensure_toyworld(tmp_path / "seed1", tw.ToyWorldSpec(**{**TINY.__dict__, "seed": 1}))
-    assert (
-        _tree_bytes(other_seed)["images/red_circle/test_0000.png"] != first["images/red_circle/test_0000.png"]
-    )
+    assert _tree_bytes(other_seed)["images/red_circle/test_0000.png"] != first["images/red_circle/test_0000.png"]
 
 
 def test_layout_and_split_file_format(tiny_world: Path) -> None:

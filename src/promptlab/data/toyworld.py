@@ -112,10 +112,7 @@ def toy_classes(classes: str = "grid6") -> list[ToyClass]:
         pairs = [(c, s) for c in range(GRID6_WORDS) for s in range(GRID6_WORDS)]
     elif classes == "ext":
         pairs = [
-            (c, s)
-            for c in range(len(COLOURS))
-            for s in range(len(SHAPES))
-            if c >= GRID6_WORDS or s >= GRID6_WORDS
+            (c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES)) if c >= GRID6_WORDS or s >= GRID6_WORDS
         ]
     else:
         raise ValueError(f"Unknown toy world class set {classes!r}; expected one of {CLASS_SETS}.")
@@ -242,9 +239,7 @@ class Nuisances:
     noise: float
 
 
-def sample_nuisances(
-    rng: np.random.Generator, colour: int, image_size: int, tied: tuple[int, int] | None
-) -> Nuisances:
+def sample_nuisances(rng: np.random.Generator, colour: int, image_size: int, tied: tuple[int, int] | None) -> Nuisances:
     """Draw the nuisances of one image; `tied` = (background, size) forces those two categories."""
     # Always draw the categories, even when tied, so the rest of the stream does not depend on the rule.
     background = int(rng.integers(len(BACKGROUNDS)))
@@ -294,9 +289,7 @@ def render(shape: int, nuisances: Nuisances, image_size: int, rng: np.random.Gen
     # Background: tinted level, optional linear gradient, optional square-wave stripes.
     shade = np.zeros_like(x)
     if n.gradient:
-        along = (x - image_size / 2) * math.cos(n.gradient_angle) + (y - image_size / 2) * math.sin(
-            n.gradient_angle
-        )
+        along = (x - image_size / 2) * math.cos(n.gradient_angle) + (y - image_size / 2) * math.sin(n.gradient_angle)
         shade += n.gradient * along / image_size
     if n.stripes:
         across = x * math.cos(n.stripe_angle) + y * math.sin(n.stripe_angle)
