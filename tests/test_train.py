@@ -95,3 +95,17 @@ def test_resume_skips_a_complete_run(base_overrides):
     assert second["timings"] == first["timings"]  # read back, not recomputed
     changed = run(compose_cfg([*overrides, "seed=2"]))
     assert changed["summary"]["seed"] == 2
+
+
+def test_short_coop_training_lowers_loss_and_beats_zero_shot_on_spurious_base(tmp_path):
+    """Committed tiny CLIP, toy world with the spurious rule on: a short CoOp run learns the shortcut."""
+    import csv
+
+    common = [*workspace_overrides(tmp_path), "dataset.generator.spurious=1.0", "dataset.generator.train_per_class=8",
+              "dataset.generator.val_per_class=1", "dataset.generator.test_per_class=20", "shots=8"]
+    zero = run(compose_cfg([*common, "method=zeroshot", "run_name=zs"]))
+    coop = run(compose_cfg([*common, "method=coop", "method.epochs=40", "logger=csv", "run_name=coop"]))
+    with open(Path(coop["run_dir"]) / "csv" / "metrics.csv") as f:
+        losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(f) if r.get("train/loss_epoch")]
+    assert len(losses) == 40 and losses[-1] < 0.7 * losses[0]
+    assert coop["metrics"]["base_acc"] > zero["metrics"]["base_acc"] + 2.0
