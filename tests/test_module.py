@@ -81,7 +81,7 @@ def test_training_moves_only_the_learner_and_state_is_learned_only(random_clip):
     assert sum(v.numel() for v in state.values()) < 10_000
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])  # 16-mixed: bf16 on CPU (Lightning)
 def test_mixed_precision_trains_finite(random_clip, precision):
     learner = CoOpPrompts(random_clip, ctx_init="a photo of a")
     learner.set_classnames(random_clip, ["a", "b", "c", "d"])

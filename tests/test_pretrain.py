@@ -101,7 +101,7 @@ def test_missing_checkpoint_error_names_the_path(tmp_path: Path) -> None:
 
 def test_committed_asset_matches_its_record() -> None:
     record = json.loads(RECORD.read_text())
-    assert P.sha256_of(ASSET) == record["sha256"]
+    assert P.file_sha256(ASSET) == record["sha256"]
     assert ASSET.stat().st_size == record["file_bytes"] <= 8_000_000
     for key in ("command", "seed", "architecture", "parameters", "train", "threads", "wall_time_s", "versions"):
         assert key in record, key
@@ -146,5 +146,5 @@ def test_cli_runs_a_tiny_pretraining(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "promptlab.pretrain", *overrides], check=True, timeout=300)
     record = json.loads((tmp_path / "assets" / "toyclip.json").read_text())
     assert record["command"].startswith("python -m promptlab.pretrain train.steps=2")
-    assert P.sha256_of(tmp_path / "assets" / "toyclip.pt") == record["sha256"]
+    assert P.file_sha256(tmp_path / "assets" / "toyclip.pt") == record["sha256"]
     assert set(record["zero_shot"]) >= {"grid6_spurious1", "grid6_spurious0", "ext_spurious1"}

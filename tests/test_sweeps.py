@@ -34,7 +34,7 @@ def _table_rows(sweep_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_multirun_writes_table_files_and_figure(tmp_path):
-    proc = run_cli([*SWEEP, *_common(tmp_path), "sweep_name=t"], cwd=tmp_path)
+    proc = run_cli([*SWEEP, *_common(tmp_path), "sweep_name=t", "launcher=joblib"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "outputs" / "sweeps" / "t"
     records = _records(sweep)
@@ -135,3 +135,24 @@ def test_wandb_offline_one_run_per_job_and_the_table_is_logged(tmp_path):
     logged = json.loads(tables[0].read_text())
     assert len(logged["data"]) == 2 and "hm_mean" in logged["columns"]
     assert list(files.rglob("*.png")), "the figure was not logged"
+
+
+def test_local_multirun_with_ddp_fails_fast_and_points_to_the_launchers(tmp_path):
+    proc = run_cli(["-m", "seed=1,2", "trainer=ddp", "trainer.accelerator=cpu", *_common(tmp_path), "sweep_name=ddp"],
+                   cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "Lightning issue #11300" in proc.stderr and "launcher=joblib" in proc.stderr
+    assert "launcher=submitit_slurm" in proc.stderr
+
+
+def test_launcher_configs_compose(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from tests.runs import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        slurm = compose(config_name="train", overrides=["launcher=submitit_slurm", "trainer=ddp"],
+                        return_hydra_config=True)
+        joblib = compose(config_name="train", overrides=["launcher=joblib"], return_hydra_config=True)
+    assert "submitit" in slurm.hydra.launcher._target_ and slurm.hydra.launcher.tasks_per_node == 2
+    assert "joblib" in joblib.hydra.launcher._target_ and joblib.hydra.launcher.n_jobs == 2

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -105,7 +106,8 @@ def cached_features(cache_dir: Path | None, key: str, compute: Callable[[], torc
             stored = torch.load(path, map_location="cpu", weights_only=True)
             log.info("image features of %s loaded from cache %s", label, path)
             return stored["features"]
-        except (RuntimeError, KeyError, EOFError) as err:  # a corrupt cache file is recomputed, not fatal
+        except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            # a corrupt cache file is recomputed, not fatal
             log.warning("ignoring unreadable feature cache %s (%s)", path, err)
     features = compute()
     save_atomic({"features": features, "label": label}, path)

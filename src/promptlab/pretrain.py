@@ -12,7 +12,6 @@ JSON record of how it was made and how well it does zero-shot on the downstream 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -32,8 +31,9 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import text_global_pool
 
+from promptlab.clip.frozen import encode_text_embeddings
+from promptlab.clip.loading import file_sha256
 from promptlab.data import toyworld as tw
 
 log = logging.getLogger(__name__)
@@ -94,21 +94,8 @@ def build_tiny_clip(arch: TinyClipArch) -> CLIP:
 
 
 def encode_text_trimmed(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
-    """`model.encode_text` run on the first L positions only, L = last EOT index + 1.
-
-    The text transformer is causal, so the feature at the EOT token depends only on the tokens
-    before it: slicing the positional embedding and the causal mask to L gives the same features
-    as the full 77 positions at a fraction of the cost (DESIGN.md section 6).
-    """
-    eot_index = tokens.argmax(dim=-1)  # the EOT token has the largest id (OpenAI BPE)
-    length = int(eot_index.max()) + 1
-    tokens = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, tokens, "argmax")
-    return x @ model.text_projection
+    """`model.encode_text` run on the first L positions only, L = last EOT index + 1 (exact: causal mask)."""
+    return encode_text_embeddings(model, model.token_embedding(tokens), tokens.argmax(dim=-1), truncate=True)
 
 
 @functools.cache
@@ -389,7 +376,7 @@ def save_openai_checkpoint(model: CLIP, path: Path) -> str:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
-    return sha256_of(path)
+    return file_sha256(path)
 
 
 def load_toyclip(path: Path | None = None) -> CLIP:
@@ -401,14 +388,6 @@ def load_toyclip(path: Path | None = None) -> CLIP:
             f"`python -m promptlab.pretrain`. Run it, or pass the path of an existing checkpoint."
         )
     return open_clip.load_openai_model(str(path), precision="fp32", device="cpu").eval()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

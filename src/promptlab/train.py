@@ -235,6 +235,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max(epochs, 1), logger=build_loggers(cfg, run_dir),
                                      use_distributed_sampler=False, default_root_dir=str(run_dir))
+    # Lightning may change the precision (16-mixed falls back to bf16-mixed on CPU): encode features as it runs.
+    datamodule.precision = str(trainer.precision)
     t_setup = time.perf_counter()
     fit_s = 0.0
     if learner.trainable and epochs > 0:

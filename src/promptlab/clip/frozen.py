@@ -18,6 +18,29 @@ from torch import nn
 from promptlab.clip.shared_prefix import encode_shared_prefix, supports_shared_prefix
 
 
+def encode_text_embeddings(
+    model: nn.Module, embeddings: torch.Tensor, eot_index: torch.Tensor, truncate: bool = True
+) -> torch.Tensor:
+    """open_clip's `encode_text` from token embeddings [N, T, W]: projected features at the EOT index [N, D].
+
+    With `truncate`, only the first L = max(EOT) + 1 positions run: the transformer is causal, so the
+    feature at EOT depends only on the tokens before it, and slicing the positional embedding and the
+    mask to L gives the same features at a fraction of the cost (DESIGN.md section 6).
+    """
+    length = embeddings.shape[1]
+    if truncate:
+        length = min(length, int(eot_index.max()) + 1)
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = embeddings[:, :length].to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    # Without the causal mask the attention silently becomes bidirectional (DESIGN.md section 5).
+    attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=attn_mask)
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+    proj = model.text_projection
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
 class FrozenCLIP(nn.Module):
     """An open_clip CLIP model with every weight frozen and the module pinned to eval mode."""
 
@@ -115,20 +138,8 @@ class FrozenCLIP(nn.Module):
         embeddings: [N, T, ctx_dim] with T <= context_length (prompt learners may already have cut the
         sequence to the needed length); eot_index: [N]. Returns normalised embeddings [N, embed_dim].
         """
-        model = self.model
-        length = embeddings.shape[1]
-        if self.truncate_text:
-            length = min(length, int(eot_index.max()) + 1)
-        cast_dtype = model.transformer.get_cast_dtype()
-        x = embeddings[:, :length].to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
-        # Without the causal mask the attention silently becomes bidirectional (DESIGN.md section 5).
-        attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-        x = model.transformer(x, attn_mask=attn_mask)
-        x = model.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
-        proj = model.text_projection
-        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-        return F.normalize(x.float(), dim=-1)
+        feats = encode_text_embeddings(self.model, embeddings, eot_index, truncate=self.truncate_text)
+        return F.normalize(feats.float(), dim=-1)
 
     def encode_prefix_suffix(self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         """Normalised embeddings [G, K, D] of the prompts [prefix_g, suffix_k] (G groups of K prompts).
