@@ -346,7 +346,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer = result["trainer"]
     if trainer.is_global_zero:
         if cfg.get("analysis", False):
-            from promptlab.analysis.drift import analyze_run_objects
+            from promptlab.analysis.runs import analyze_run_objects
 
             analyze_run_objects(run_dir, cfg, result)
         write_record(run_dir, record)

@@ -16,7 +16,14 @@ __all__ = [
 ]
 
 
+_HOMES = {
+    "AnalysisError": "drift", "analyze": "drift", "drift_statistics": "drift",
+    "summary_markdown": "report", "write_analysis": "report",
+    "analyze_run_dir": "runs", "analyze_run_objects": "runs",
+}
+
+
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("promptlab.analysis.drift"), name)
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"promptlab.analysis.{_HOMES[name]}"), name)
     raise AttributeError(f"module 'promptlab.analysis' has no attribute {name!r}")

@@ -38,7 +38,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing: torch and Lightning take seconds to import, --help and usage errors should not.
-    from promptlab.analysis.drift import AnalysisError, analyze_run_dir
+    from promptlab.analysis.drift import AnalysisError
+    from promptlab.analysis.runs import analyze_run_dir
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     status = EXIT_OK

@@ -1,0 +1,82 @@
+"""Drift analyses of runs: at the end of a training run (analysis=true) or of a finished run dir
+(`promptlab-analyze`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptlab.analysis.drift import AnalysisError, analyze
+from promptlab.analysis.report import write_analysis
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_DIRNAME = "analysis"
+
+def _run_info(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("method", "dataset", "protocol", "shots", "seed", "epochs", "backbone")
+    return {"run_dir": str(Path(run_dir).resolve())} | {k: summary[k] for k in keys if k in summary}
+
+
+def analyze_run_objects(run_dir: Path, cfg: Any, result: Mapping[str, Any]) -> dict[str, Path]:
+    """Diagnostics of a run that has just finished (train.run with analysis=true), from its live objects."""
+    data, datamodule = result["data"], result["datamodule"]
+    dataset_dir = data.source_splits.dataset_dir if data.source_splits is not None else None
+    analysis = analyze(result["clip"], result["learner"], list(cfg.dataset.templates), data.eval_sets,
+                       datamodule.eval_features, dataset_dir=dataset_dir, seed=int(cfg.seed))
+    analysis["run"] = _run_info(Path(run_dir), result.get("summary") or {})
+    paths = write_analysis(analysis, Path(run_dir) / ANALYSIS_DIRNAME)
+    log.info("prompt-drift analysis written to %s", Path(run_dir) / ANALYSIS_DIRNAME)
+    return paths
+
+
+def _complete_record(run_dir: Path) -> dict[str, Any]:
+    from promptlab.results.records import STATUS_COMPLETE, RecordError, read_record
+
+    if not run_dir.is_dir():
+        raise AnalysisError(f"{run_dir}: not a directory; pass a run directory (one that holds metrics.json).")
+    try:
+        record = read_record(run_dir)
+    except RecordError as err:
+        raise AnalysisError(str(err)) from err
+    if record is None:
+        raise AnalysisError(f"{run_dir}: no metrics.json; pass the output directory of one finished run "
+                            "(outputs/runs/... or one job folder of a sweep).")
+    if record["status"] != STATUS_COMPLETE:
+        raise AnalysisError(f"{run_dir}: the run record has status {record['status']!r}, expected "
+                            f"{STATUS_COMPLETE!r}; rerun the job (it resumes) and analyse it when it has finished.")
+    if not record.get("config"):
+        raise AnalysisError(f"{run_dir}/metrics.json holds no resolved config; rerun the job with this promptlab.")
+    return record
+
+
+def analyze_run_dir(run_dir: Path, n_examples: int = 6) -> dict[str, Path]:
+    """Rebuild a finished run's CLIP, data and learned prompt from its dir and write its diagnostics."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from promptlab.train import build_parts
+
+    run_dir = Path(run_dir)
+    record = _complete_record(run_dir)
+    cfg = OmegaConf.create(record["config"])
+    prompt_path = run_dir / "prompt_learner.pt"
+    trainable = get_class(cfg.method.learner._target_).trainable
+    if trainable and not prompt_path.is_file():
+        raise AnalysisError(f"{run_dir}: method {cfg.method.name!r} learns a prompt but {prompt_path.name} is missing; "
+                            "it is written at the end of training: rerun the job with resume=false.")
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    parts = build_parts(cfg, device=device, prompt=prompt_path if trainable else None)
+    data = parts.data
+    dataset_dir = data.source_splits.dataset_dir if data.source_splits is not None else None
+    analysis = analyze(parts.clip, parts.learner, list(cfg.dataset.templates), data.eval_sets,
+                       parts.datamodule.eval_features, dataset_dir=dataset_dir, n_examples=n_examples,
+                       seed=int(cfg.seed))
+    analysis["run"] = _run_info(run_dir, record["summary"])
+    return write_analysis(analysis, run_dir / ANALYSIS_DIRNAME)
