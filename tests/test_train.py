@@ -109,3 +109,17 @@ def test_short_coop_training_lowers_loss_and_beats_zero_shot_on_spurious_base(tm
         losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(f) if r.get("train/loss_epoch")]
     assert len(losses) == 40 and losses[-1] < 0.7 * losses[0]
     assert coop["metrics"]["base_acc"] > zero["metrics"]["base_acc"] + 2.0
+
+
+@pytest.mark.parametrize("experiment", ["demo", "smoke", "spurious_study", "base2novel_paper"])
+def test_experiment_configs_compose(experiment):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    assert cfg.protocol.name == "base2novel"
+    if experiment == "base2novel_paper":
+        assert cfg.model.name == "ViT-B-16" and cfg.shots == 16 and cfg.sweep_name == "base2novel_paper"
+
+
+def test_smoke_experiment_runs(workspace):
+    record = run(compose_cfg(["experiment=smoke", "method=cocoop", *workspace_overrides(workspace), *TINY_WORLD,
+                              "run_name=smoke"]))
+    assert record["status"] == "complete" and record["summary"]["epochs"] == 2 and record["summary"]["shots"] == 4
