@@ -43,6 +43,12 @@ def workspace_overrides(root: Path) -> list[str]:
     ]
 
 
+def tiny_overrides(root: Path) -> list[str]:
+    """A workspace under `root`, a random tiny CLIP, the small toy world and 2 shots: plumbing tests."""
+    return [*workspace_overrides(root), f"model.checkpoint={random_checkpoint(root / 'random_clip.pt')}",
+            *TINY_WORLD, "shots=2"]
+
+
 def compose_cfg(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)

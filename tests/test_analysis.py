@@ -27,7 +27,7 @@ from promptlab.prompts import CoOpPrompts, PromptLearner, ZeroShotPrompts
 from promptlab.prompts.zeroshot import template_embeddings
 from promptlab.results.records import error_record, read_record, write_record
 from promptlab.train import run
-from tests.runs import TINY_WORLD, compose_cfg, random_checkpoint, workspace_overrides
+from tests.runs import compose_cfg, tiny_overrides
 
 TEMPLATES = ["a photo of a {}."]
 BASE = ["red circle", "green square", "blue triangle", "yellow star"]
@@ -277,8 +277,7 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def overrides(workspace) -> list[str]:
-    checkpoint = random_checkpoint(workspace / "random_clip.pt")
-    return [*workspace_overrides(workspace), f"model.checkpoint={checkpoint}", *TINY_WORLD, "shots=2"]
+    return tiny_overrides(workspace)
 
 
 def run_dir_of(cfg) -> Path:

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.runs import TINY_WORLD, random_checkpoint, run_cli, workspace_overrides
+from tests.runs import run_cli, tiny_overrides
 
 SWEEP = ["-m", "method=zeroshot,coop", "seed=1,2", "method.epochs=1"]
 
 
 def _common(root: Path) -> list[str]:
-    return [*workspace_overrides(root), f"model.checkpoint={random_checkpoint(root / 'clip.pt')}", *TINY_WORLD,
-            "shots=2"]
+    return tiny_overrides(root)
 
 
 def _records(sweep_dir: Path) -> list[dict]:

@@ -12,7 +12,7 @@ from promptlab.clip import ClipLoadError
 from promptlab.data.errors import DatasetError
 from promptlab.results.metrics import harmonic_mean
 from promptlab.train import run
-from tests.runs import TINY_WORLD, compose_cfg, random_checkpoint, run_cli, workspace_overrides
+from tests.runs import TINY_WORLD, compose_cfg, run_cli, tiny_overrides, workspace_overrides
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,7 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def base_overrides(workspace) -> list[str]:
-    ckpt = random_checkpoint(workspace / "random_clip.pt")
-    return [*workspace_overrides(workspace), f"model.checkpoint={ckpt}", *TINY_WORLD, "shots=2"]
+    return tiny_overrides(workspace)
 
 
 def without_toy(overrides: list[str]) -> list[str]:
