@@ -21,6 +21,7 @@ from promptlab.data.readers import read_dataset, read_split_zhou, register_reade
 from promptlab.data.toyworld import ToyWorldSpec, ensure_toyworld
 from promptlab.data.types import DatasetSplits, Datum
 from promptlab.datamodule import EvalSet
+from promptlab.results.metrics import harmonic_mean
 
 PROTOCOLS = ("base2novel", "fewshot", "cross_dataset", "domain_generalization")
 
@@ -87,3 +88,18 @@ def build_protocol_data(
         raise ValueError(f"{dataset_cfg['name']}: the training split is empty after few-shot sampling.")
     return ProtocolData(train_items=train.train, train_classnames=train.classnames, eval_sets=eval_sets,
                         notes=notes, source_splits=source)
+
+
+def protocol_metrics(protocol: str, evaluations: list[dict[str, Any]]) -> dict[str, float]:
+    """The run record's flat `metrics` of a protocol from its evaluations (see results/records.py)."""
+    by_name = {e["name"]: e["acc"] for e in evaluations}
+    if protocol == "base2novel":
+        base, novel = by_name["base"], by_name["novel"]
+        return {"base_acc": base, "novel_acc": novel, "hm": harmonic_mean(base, novel)}
+    if protocol == "fewshot":
+        return {"acc": by_name["all"]}
+    metrics = {f"{e['name']}_acc": e["acc"] for e in evaluations}
+    targets = [e["acc"] for e in evaluations[1:]]
+    if targets:
+        metrics["target_mean_acc"] = sum(targets) / len(targets)
+    return metrics
