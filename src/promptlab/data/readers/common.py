@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,24 +80,29 @@ def list_images(folder: Path) -> list[str]:
         )
 
 
+def keyed_lines(path: Path) -> Iterator[tuple[int, str, str, str]]:
+    """(line number, stripped line, first word, rest) of each non-blank line of a "<key> <rest>" list file."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            line = line.strip()
+            if line:
+                key, _, rest = line.partition(" ")
+                yield line_no, line, key, rest
+
+
 def read_wnid_classnames(path: Path) -> dict[str, str]:
     """Read CoOp's ImageNet `classnames.txt`: one "<wnid> <class name>" line per class, in file order
     (format from CoOp datasets/imagenet.py, read_classnames; names copied from OpenAI CLIP)."""
     names: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            folder, _, name = line.partition(" ")
-            if not name.strip():
-                raise DatasetError(
-                    f"{path}, line {line_no}: expected '<folder> <class name>', got {line!r}. "
-                    f"Use the classnames.txt linked from CoOp's DATASETS.md (ImageNet section)."
-                )
-            if folder in names:
-                raise DatasetError(f"{path}, line {line_no}: folder {folder!r} is listed twice.")
-            names[folder] = clean_classname(name)
+    for line_no, line, folder, name in keyed_lines(path):
+        if not name.strip():
+            raise DatasetError(
+                f"{path}, line {line_no}: expected '<folder> <class name>', got {line!r}. "
+                f"Use the classnames.txt linked from CoOp's DATASETS.md (ImageNet section)."
+            )
+        if folder in names:
+            raise DatasetError(f"{path}, line {line_no}: folder {folder!r} is listed twice.")
+        names[folder] = clean_classname(name)
     return names
 
 

@@ -17,6 +17,7 @@ from promptlab.data.errors import DatasetError
 from promptlab.data.readers.common import (
     cfg_value,
     clean_classname,
+    keyed_lines,
     layout_tree,
     require_dir,
     require_file,
@@ -67,21 +68,16 @@ def read(cfg: Mapping[str, Any], dataset_dir: Path) -> DatasetSplits:
 
 def _read_list(list_path: Path, image_root: Path, label_of: Mapping[str, int]) -> list[Datum]:
     items = []
-    with open(list_path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            image_id, _, raw_name = line.partition(" ")
-            if raw_name not in label_of:
-                raise DatasetError(
-                    f"{list_path}, line {line_no}: class {raw_name!r} is not in the class list "
-                    f"(variants.txt). The list files and variants.txt come from different releases; "
-                    f"re-download fgvc-aircraft-2013b."
-                )
-            items.append(Datum(
-                impath=os.path.join(image_root, image_id + ".jpg"),
-                label=label_of[raw_name],
-                classname=clean_classname(raw_name),
-            ))
+    for line_no, _, image_id, raw_name in keyed_lines(list_path):
+        if raw_name not in label_of:
+            raise DatasetError(
+                f"{list_path}, line {line_no}: class {raw_name!r} is not in the class list "
+                f"(variants.txt). The list files and variants.txt come from different releases; "
+                f"re-download fgvc-aircraft-2013b."
+            )
+        items.append(Datum(
+            impath=os.path.join(image_root, image_id + ".jpg"),
+            label=label_of[raw_name],
+            classname=clean_classname(raw_name),
+        ))
     return items
