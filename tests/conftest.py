@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from promptlab.clip.frozen import FrozenCLIP
+from promptlab.models.frozen import FrozenCLIP
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

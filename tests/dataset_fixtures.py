@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "promptlab" / "conf" / "dataset"
 SPLITS = ("train", "val", "test")
 DEFAULT_COUNTS = {"train": 3, "val": 2, "test": 2}
 

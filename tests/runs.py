@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from tests.conftest import make_random_clip
 
 REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"
+CONF_DIR = REPO / "src" / "promptlab" / "conf"
 
 # A small toy world: 18 base + 18 novel classes, few images, generated once per test session.
 TINY_WORLD = [

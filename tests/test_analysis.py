@@ -20,12 +20,11 @@ from torch import nn
 from promptlab.analysis import analyze, analyze_run_dir, drift_statistics, write_analysis
 from promptlab.analysis import cli as analyze_cli
 from promptlab.analysis import drift as drift_module
-from promptlab.data.toyworld import toy_classes
-from promptlab.data.types import Datum
-from promptlab.datamodule import EvalSet
-from promptlab.prompts import CoOpPrompts, PromptLearner, ZeroShotPrompts
-from promptlab.prompts.zeroshot import template_embeddings
+from promptlab.data.types import Datum, EvalSet
+from promptlab.methods import CoOpPrompts, PromptLearner, ZeroShotPrompts
+from promptlab.methods.zeroshot import template_embeddings
 from promptlab.results.records import error_record, read_record, write_record
+from promptlab.toy.world import toy_classes
 from promptlab.train import run
 from tests.runs import compose_cfg, tiny_overrides
 

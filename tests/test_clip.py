@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptlab.clip import ClipLoadError, load_clip
-from promptlab.clip.loading import BUILTIN_CHECKPOINTS
+from promptlab.models import ClipLoadError, load_clip
+from promptlab.models.loading import BUILTIN_CHECKPOINTS
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_embeddings_are_unit_norm_and_logits_are_scaled_cosines(toyclip):
                                          normalize=True)
     torch.testing.assert_close(image_emb, raw_image, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(text_emb, raw_text, atol=1e-5, rtol=1e-5)
-    from promptlab.prompts import logits_from_features
+    from promptlab.methods import logits_from_features
 
     logits = logits_from_features(image_emb, text_emb, toyclip.logit_scale())
     torch.testing.assert_close(logits, toyclip.model.logit_scale.exp() * image_emb @ text_emb.t())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptlab.datamodule import ShardSampler
+from promptlab.engine.datamodule import ShardSampler
 from tests.runs import TINY_WORLD, random_checkpoint, run_cli, workspace_overrides
 
 

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from promptlab.data.types import Datum
-from promptlab.datamodule import PromptDataModule
-from promptlab.features import cache_key, cached_features
+from promptlab.engine.datamodule import PromptDataModule
+from promptlab.engine.features import cache_key, cached_features
 from tests.dataset_fixtures import write_image
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from promptlab.datamodule import FeatureDataset
-from promptlab.module import NonFiniteLossError, PromptLearningModule, warmup_cosine_factor
-from promptlab.prompts import CoCoOpPrompts, CoOpPrompts
+from promptlab.engine.datamodule import FeatureDataset
+from promptlab.engine.module import NonFiniteLossError, PromptLearningModule, warmup_cosine_factor
+from promptlab.methods import CoCoOpPrompts, CoOpPrompts
 
 
 def dassl_schedule(base_lr: float, max_epochs: int, warmup_epochs: int, warmup_lr: float) -> list[float]:
@@ -102,7 +102,7 @@ def _fit_prompts(clip, learner, epochs=3, lr=0.5):
 
 
 def test_kgcoop_with_zero_weight_trains_exactly_like_coop(random_clip):
-    from promptlab.prompts import KgCoOpPrompts
+    from promptlab.methods import KgCoOpPrompts
 
     coop = CoOpPrompts(random_clip, ctx_init="a photo of a")
     kg = KgCoOpPrompts(random_clip, templates=["a photo of a {}."], kg_weight=0.0, ctx_init="a photo of a")
@@ -111,7 +111,7 @@ def test_kgcoop_with_zero_weight_trains_exactly_like_coop(random_clip):
 
 
 def test_kgcoop_with_large_weight_stays_closer_to_zero_shot(random_clip):
-    from promptlab.prompts import KgCoOpPrompts, ZeroShotPrompts
+    from promptlab.methods import KgCoOpPrompts, ZeroShotPrompts
 
     zs = ZeroShotPrompts(random_clip, ["a photo of a {}."])
     zs.set_classnames(random_clip, ["red circle", "blue square", "green star", "pink heart"])

@@ -13,8 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from promptlab import pretrain as P
-from promptlab.data import toyworld as tw
+from promptlab.toy import pretrain as P
+from promptlab.toy import world as tw
 
 ASSET = P.ASSET_DIR / "toyclip.pt"
 RECORD = P.ASSET_DIR / "toyclip.json"
@@ -143,8 +143,8 @@ def test_cli_runs_a_tiny_pretraining(tmp_path: Path) -> None:
         f"hydra.run.dir={tmp_path}",
         f"asset_dir={tmp_path / 'assets'}",
     ]
-    subprocess.run([sys.executable, "-m", "promptlab.pretrain", *overrides], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "promptlab.toy.pretrain", *overrides], check=True, timeout=300)
     record = json.loads((tmp_path / "assets" / "toyclip.json").read_text())
-    assert record["command"].startswith("python -m promptlab.pretrain train.steps=2")
+    assert record["command"].startswith("python -m promptlab.toy.pretrain train.steps=2")
     assert P.file_sha256(tmp_path / "assets" / "toyclip.pt") == record["sha256"]
     assert set(record["zero_shot"]) >= {"grid6_spurious1", "grid6_spurious0", "ext_spurious1"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptlab.prompts import CoCoOpPrompts, CoOpPrompts, KgCoOpPrompts, ZeroShotPrompts, logits_from_features
+from promptlab.methods import CoCoOpPrompts, CoOpPrompts, KgCoOpPrompts, ZeroShotPrompts, logits_from_features
 from tests.conftest import make_random_clip
 
 CLASSNAMES = ["red circle", "golden_retriever", "a very long class name with many words", "x"]

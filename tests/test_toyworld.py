@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from promptlab.data import toyworld as tw
+from promptlab.toy import world as tw
 
 TINY = tw.ToyWorldSpec(train_per_class=2, val_per_class=1, test_per_class=2)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptlab.clip import ClipLoadError
 from promptlab.data.errors import DatasetError
+from promptlab.models import ClipLoadError
 from promptlab.results.metrics import harmonic_mean
 from promptlab.train import run
 from tests.runs import TINY_WORLD, compose_cfg, run_cli, tiny_overrides, workspace_overrides

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from promptlab.clip import FrozenCLIP, load_clip
-from promptlab.datamodule import FeatureDataset
-from promptlab.features import encode_images
+from promptlab.engine.datamodule import FeatureDataset
+from promptlab.engine.features import encode_images
+from promptlab.engine.module import PromptLearningModule
 from promptlab.logs import quiet_libraries
-from promptlab.module import PromptLearningModule
-from promptlab.prompts import CoCoOpPrompts, CoOpPrompts, logits_from_features
+from promptlab.methods import CoCoOpPrompts, CoOpPrompts, logits_from_features
+from promptlab.models import FrozenCLIP, load_clip
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,7 +71,7 @@ class _ImageTensors(Dataset):
 
 
 def _classnames(n: int) -> list[str]:
-    from promptlab.data.toyworld import COLOURS, SHAPES
+    from promptlab.toy.world import COLOURS, SHAPES
 
     names = [f"{c} {s}" for c in COLOURS for s in SHAPES]
     return [names[i % len(names)] + ("" if i < len(names) else f" {i // len(names)}") for i in range(n)]

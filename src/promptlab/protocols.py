@@ -15,28 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import promptlab.toy.reader  # noqa: F401  (registers the toy world's reader)
 from promptlab.data.base_novel import subsample_classes
 from promptlab.data.fewshot import fewshot_splits
-from promptlab.data.readers import read_dataset, read_split_zhou, register_reader
-from promptlab.data.toyworld import ToyWorldSpec, ensure_toyworld
-from promptlab.data.types import DatasetSplits, Datum
-from promptlab.datamodule import EvalSet
+from promptlab.data.readers import read_dataset
+from promptlab.data.types import DatasetSplits, Datum, EvalSet
 from promptlab.results.metrics import harmonic_mean
 
 PROTOCOLS = ("base2novel", "fewshot", "cross_dataset", "domain_generalization")
-
-
-def read_toyworld(cfg: Mapping[str, Any], dataset_dir: Path) -> DatasetSplits:
-    """The toy world is generated on first use (deterministic from its spec), then read like real data."""
-    spec = ToyWorldSpec.from_dict(dict(cfg.get("generator") or {}))
-    ensure_toyworld(dataset_dir, spec)
-    splits = read_split_zhou(str(cfg.get("name", "toyworld")), dataset_dir, str(cfg.get("image_dir", "images")),
-                             str(cfg.get("split_file", "split_zhou_ToyWorld.json")),
-                             display_name=cfg.get("display_name"))
-    return splits
-
-
-register_reader("toyworld", read_toyworld, generates=True)
 
 
 @dataclass

@@ -18,9 +18,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from promptlab.build import build_loggers, build_parts, effective_lr, finish_wandb, resolve_epochs, save_learner
+from promptlab.engine.build import build_loggers, build_parts, effective_lr, finish_wandb, resolve_epochs, save_learner
+from promptlab.engine.module import PromptLearningModule
 from promptlab.logs import quiet_libraries
-from promptlab.module import PromptLearningModule
 from promptlab.protocols import protocol_metrics
 from promptlab.results.records import (
     CONFIG_HASH_EXCLUDE,
@@ -243,7 +243,7 @@ def print_run(record: dict[str, Any], run_dir: Path) -> None:
     console.print(f"run record: {run_dir / 'metrics.json'}")
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     quiet_libraries()
     record = run(cfg)

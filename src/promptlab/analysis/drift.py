@@ -34,10 +34,10 @@ from typing import Any
 
 import torch
 
-from promptlab.clip.frozen import FrozenCLIP
-from promptlab.datamodule import EvalSet
-from promptlab.prompts.base import PromptLearner
-from promptlab.prompts.zeroshot import template_embeddings
+from promptlab.data.types import EvalSet
+from promptlab.methods.base import PromptLearner
+from promptlab.methods.zeroshot import template_embeddings
+from promptlab.models.frozen import FrozenCLIP
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ SCHEMA_VERSION = 1
 TOP_CAPTURING = 5  # base classes listed as the main capturers of novel images
 TOP_BASE_PER_EXAMPLE = 3
 # Toy-world attributes (attributes.json) by which base capture is broken down: the nuisances that the
-# spurious rule ties to base classes (see the toy world generator, promptlab.data.toyworld).
+# spurious rule ties to base classes (see the toy world generator, promptlab.toy.world).
 BREAKDOWN_ATTRIBUTES = ("background", "size")
 # Shifts shorter than this are float noise of two computations of the same unit vector (float32 rounding
 # is ~1e-7 per component): no direction is defined for them.

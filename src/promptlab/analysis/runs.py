@@ -59,7 +59,7 @@ def analyze_run_dir(run_dir: Path, n_examples: int = 6) -> dict[str, Path]:
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
-    from promptlab.build import build_parts
+    from promptlab.engine.build import build_parts
 
     run_dir = Path(run_dir)
     record = _complete_record(run_dir)

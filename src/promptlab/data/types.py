@@ -35,3 +35,15 @@ class DatasetSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+
+@dataclass
+class EvalSet:
+    """One evaluation of a protocol: a test set scored among its own class list."""
+
+    name: str  # "base", "novel", "all", or a target dataset's name
+    dataset: str
+    subset: str
+    classnames: list[str]
+    items: list[Datum]
+    skipped: list[dict] = field(default_factory=list)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from promptlab.clip.frozen import FrozenCLIP
-from promptlab.prompts.base import PromptLearner, logits_from_features
+from promptlab.methods.base import PromptLearner, logits_from_features
+from promptlab.models.frozen import FrozenCLIP
 
 
 class NonFiniteLossError(RuntimeError):

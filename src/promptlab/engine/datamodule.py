@@ -9,32 +9,19 @@ images would change the accuracy), and torchmetrics sums the counts across ranks
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from promptlab.clip.frozen import FrozenCLIP
 from promptlab.data.image_dataset import ImageDataset
 from promptlab.data.transforms import CLIP_MEAN, CLIP_STD, build_transform
-from promptlab.data.types import Datum
-from promptlab.features import cache_key, cached_features, encode_images
+from promptlab.data.types import Datum, EvalSet
+from promptlab.engine.features import cache_key, cached_features, encode_images
+from promptlab.models.frozen import FrozenCLIP
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalSet:
-    """One evaluation of a protocol: a test set scored among its own class list."""
-
-    name: str  # "base", "novel", "all", or a target dataset's name
-    dataset: str
-    subset: str
-    classnames: list[str]
-    items: list[Datum]
-    skipped: list[dict] = field(default_factory=list)
 
 
 class FeatureDataset(Dataset):

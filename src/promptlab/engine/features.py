@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from promptlab.clip.frozen import FrozenCLIP
 from promptlab.data.types import Datum
+from promptlab.models.frozen import FrozenCLIP
 
 log = logging.getLogger(__name__)
 

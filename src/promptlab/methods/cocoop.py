@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from promptlab.clip.frozen import FrozenCLIP
-from promptlab.prompts.base import PromptLearner, tokenize_prompts
-from promptlab.prompts.coop import init_context
+from promptlab.methods.base import PromptLearner, tokenize_prompts
+from promptlab.methods.coop import init_context
+from promptlab.models.frozen import FrozenCLIP
 
 
 class CoCoOpPrompts(PromptLearner):

@@ -19,9 +19,9 @@ from pathlib import Path
 import open_clip
 import torch
 
-from promptlab.clip.frozen import FrozenCLIP
+from promptlab.models.frozen import FrozenCLIP
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "toy" / "assets"
 BUILTIN_CHECKPOINTS = {"toyclip": ASSETS_DIR / "toyclip.pt"}
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from promptlab.clip.frozen import FrozenCLIP
-from promptlab.prompts.coop import CoOpPrompts
-from promptlab.prompts.zeroshot import template_embeddings
+from promptlab.methods.coop import CoOpPrompts
+from promptlab.methods.zeroshot import template_embeddings
+from promptlab.models.frozen import FrozenCLIP
 
 
 class KgCoOpPrompts(CoOpPrompts):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from promptlab.clip.frozen import FrozenCLIP
-from promptlab.prompts.base import PromptLearner
+from promptlab.methods.base import PromptLearner
+from promptlab.models.frozen import FrozenCLIP
 
 
 def template_embeddings(clip: FrozenCLIP, templates: list[str], classnames: list[str]) -> torch.Tensor:

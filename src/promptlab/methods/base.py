@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from promptlab.clip.frozen import FrozenCLIP
+from promptlab.models.frozen import FrozenCLIP
 
 
 class PromptLearner(nn.Module):

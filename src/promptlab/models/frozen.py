@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptlab.clip.shared_prefix import encode_shared_prefix, supports_shared_prefix
+from promptlab.models.shared_prefix import encode_shared_prefix, supports_shared_prefix
 
 
 def encode_text_embeddings(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from promptlab.clip.frozen import FrozenCLIP
-from promptlab.prompts.base import PromptLearner, tokenize_prompts
+from promptlab.methods.base import PromptLearner, tokenize_prompts
+from promptlab.models.frozen import FrozenCLIP
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 

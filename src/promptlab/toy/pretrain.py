@@ -1,6 +1,6 @@
 """Pretrain the tiny offline CLIP ("toyclip") from scratch on the toy world vocabulary.
 
-`python -m promptlab.pretrain [overrides]` (config: conf/pretrain.yaml). The model is open_clip's own
+`python -m promptlab.toy.pretrain [overrides]` (config: conf/pretrain.yaml). The model is open_clip's own
 `CLIP` class with QuickGELU and OpenAI-style shapes, trained with the CLIP contrastive loss on
 rendered images of all 64 (colour, shape) classes with random nuisances (no spurious rule), captioned
 from `toyworld.CAPTION_TEMPLATES`. The images come from their own random stream, disjoint from the
@@ -32,16 +32,16 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
 
-from promptlab.clip.frozen import encode_text_embeddings
-from promptlab.clip.loading import file_sha256
-from promptlab.data import toyworld as tw
+from promptlab.models.frozen import encode_text_embeddings
+from promptlab.models.loading import file_sha256
+from promptlab.toy import world as tw
 
 log = logging.getLogger(__name__)
 
 ZERO_SHOT_TEMPLATE = "a photo of a {}."  # the template the downstream zero-shot baseline uses
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
-# The configs live at the repository root (conf/), next to src/.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The configs ship inside the package (promptlab/conf).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,7 +385,7 @@ def load_toyclip(path: Path | None = None) -> CLIP:
     if not path.is_file():
         raise FileNotFoundError(
             f"No toyclip checkpoint at {path}; expected an OpenAI-format state dict written by "
-            f"`python -m promptlab.pretrain`. Run it, or pass the path of an existing checkpoint."
+            f"`python -m promptlab.toy.pretrain`. Run it, or pass the path of an existing checkpoint."
         )
     return open_clip.load_openai_model(str(path), precision="fp32", device="cpu").eval()
 
@@ -487,14 +487,14 @@ def _write_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Entry point of `python -m promptlab.pretrain` / `promptlab-pretrain` (Hydra overrides allowed)."""
+    """Entry point of `python -m promptlab.toy.pretrain` / `promptlab-pretrain` (Hydra overrides allowed)."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pretrain")
     def _task(cfg: Any) -> None:
         overrides = list(HydraConfig.get().overrides.task)
-        command = shlex.join(["python", "-m", "promptlab.pretrain", *overrides])
+        command = shlex.join(["python", "-m", "promptlab.toy.pretrain", *overrides])
         run_pretraining(cfg, Path(HydraConfig.get().runtime.output_dir), command)
 
     _task()

@@ -15,9 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from promptlab.clip import load_clip_from_config
-from promptlab.datamodule import PromptDataModule
-from promptlab.features import save_atomic
+from promptlab.engine.datamodule import PromptDataModule
+from promptlab.engine.features import save_atomic
+from promptlab.models import load_clip_from_config
 from promptlab.protocols import ProtocolData, build_protocol_data
 
 

@@ -1,6 +1,0 @@
-"""Frozen CLIP models through open_clip."""
-
-from promptlab.clip.frozen import FrozenCLIP
-from promptlab.clip.loading import ClipLoadError, load_clip, load_clip_from_config
-
-__all__ = ["ClipLoadError", "FrozenCLIP", "load_clip", "load_clip_from_config"]
