@@ -284,10 +284,10 @@ def run_dir_of(cfg) -> Path:
 
 
 RUNS = {  # name -> overrides of a tiny toy-world run
-    "coop": ["method=coop", "method.epochs=1", "analysis=true"],
-    "cocoop": ["method=cocoop", "method.epochs=1", "analysis=true"],
+    "coop": ["method=coop", "method.optim.epochs=1", "analysis=true"],
+    "cocoop": ["method=cocoop", "method.optim.epochs=1", "analysis=true"],
     # the toy world's CoOp starts from the template words "a photo of a" (conf/method_dataset/coop_toyworld.yaml)
-    "coop_untrained": ["method=coop", "method.epochs=0", "analysis=true", "run_name=coop_untrained"],
+    "coop_untrained": ["method=coop", "method.optim.epochs=0", "analysis=true", "run_name=coop_untrained"],
     "zeroshot": ["method=zeroshot"],
 }
 

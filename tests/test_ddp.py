@@ -59,11 +59,11 @@ def test_ddp_evaluation_equals_single_process_and_training_finishes(tmp_path):
 
     # CoOp trained with DDP: finishes, and its saved prompt scores the same in a single process.
     coop = tmp_path / "coop_ddp"
-    proc = run_cli([*common, f"hydra.run.dir={coop}", "method=coop", "method.epochs=2", "trainer=ddp",
+    proc = run_cli([*common, f"hydra.run.dir={coop}", "method=coop", "method.optim.epochs=2", "trainer=ddp",
                     "trainer.accelerator=cpu"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reeval = tmp_path / "coop_single"
-    proc = run_cli([*common, f"hydra.run.dir={reeval}", "method=coop", "method.epochs=0",
+    proc = run_cli([*common, f"hydra.run.dir={reeval}", "method=coop", "method.optim.epochs=0",
                     f"load_prompt={coop / 'prompt_learner.pt'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _evals(reeval) == _evals(coop)

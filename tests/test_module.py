@@ -56,7 +56,7 @@ def _data(clip, n=32, classes=4):
 
 
 def test_non_finite_loss_stops_with_the_run_name(random_clip):
-    learner = CoOpPrompts(random_clip, ctx_init="a photo of a")
+    learner = CoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a")
     learner.set_classnames(random_clip, ["a", "b", "c", "d"])
     with torch.no_grad():
         learner.ctx.fill_(float("nan"))
@@ -66,7 +66,7 @@ def test_non_finite_loss_stops_with_the_run_name(random_clip):
 
 
 def test_training_moves_only_the_learner_and_state_is_learned_only(random_clip):
-    learner = CoCoOpPrompts(random_clip, ctx_init="a photo of a", init_seed=0)
+    learner = CoCoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a", init_seed=0)
     learner.set_classnames(random_clip, ["a", "b", "c", "d"])
     frozen_before = {k: v.clone() for k, v in random_clip.state_dict().items()}
     ctx_before = learner.ctx.detach().clone()
@@ -83,7 +83,7 @@ def test_training_moves_only_the_learner_and_state_is_learned_only(random_clip):
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])  # 16-mixed: bf16 on CPU (Lightning)
 def test_mixed_precision_trains_finite(random_clip, precision):
-    learner = CoOpPrompts(random_clip, ctx_init="a photo of a")
+    learner = CoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a")
     learner.set_classnames(random_clip, ["a", "b", "c", "d"])
     module = PromptLearningModule(random_clip, learner, lr=0.1, warmup_epochs=0, max_epochs=1)
     trainer = _train(module, *_data(random_clip), precision=precision)
@@ -104,8 +104,8 @@ def _fit_prompts(clip, learner, epochs=3, lr=0.5):
 def test_kgcoop_with_zero_weight_trains_exactly_like_coop(random_clip):
     from promptlab.methods import KgCoOpPrompts
 
-    coop = CoOpPrompts(random_clip, ctx_init="a photo of a")
-    kg = KgCoOpPrompts(random_clip, templates=["a photo of a {}."], kg_weight=0.0, ctx_init="a photo of a")
+    coop = CoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a")
+    kg = KgCoOpPrompts(random_clip, templates=["a photo of a {}."], kg_weight=0.0, n_ctx=4, ctx_init="a photo of a")
     torch.testing.assert_close(_fit_prompts(random_clip, kg), _fit_prompts(random_clip, coop))
     torch.testing.assert_close(kg.ctx, coop.ctx)
 
@@ -115,7 +115,7 @@ def test_kgcoop_with_large_weight_stays_closer_to_zero_shot(random_clip):
 
     zs = ZeroShotPrompts(random_clip, ["a photo of a {}."])
     zs.set_classnames(random_clip, ["red circle", "blue square", "green star", "pink heart"])
-    coop = _fit_prompts(random_clip, CoOpPrompts(random_clip, ctx_init="a photo of a"), epochs=5, lr=0.5)
+    coop = _fit_prompts(random_clip, CoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a"), epochs=5, lr=0.5)
     kg = _fit_prompts(random_clip, KgCoOpPrompts(random_clip, templates=["a photo of a {}."], kg_weight=50.0,
                                                  ctx_init="a photo of a"), epochs=5, lr=0.5)
     zero = zs(random_clip)

@@ -12,7 +12,7 @@ CLASSNAMES = ["red circle", "golden_retriever", "a very long class name with man
 
 
 def test_coop_from_template_words_equals_zero_shot(random_clip):
-    coop = CoOpPrompts(random_clip, ctx_init="a photo of a")
+    coop = CoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a")
     coop.set_classnames(random_clip, CLASSNAMES)
     zs = ZeroShotPrompts(random_clip, ["a photo of a {}."])
     zs.set_classnames(random_clip, CLASSNAMES)
@@ -101,10 +101,10 @@ def test_csc_cannot_be_moved_to_other_classes(random_clip):
 
 
 def test_cocoop_with_zero_meta_net_equals_coop(random_clip):
-    cocoop = CoCoOpPrompts(random_clip, ctx_init="a photo of a", init_seed=0)
+    cocoop = CoCoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a", init_seed=0)
     torch.nn.init.zeros_(cocoop.meta_net.linear2.weight)
     torch.nn.init.zeros_(cocoop.meta_net.linear2.bias)
-    coop = CoOpPrompts(random_clip, ctx_init="a photo of a")
+    coop = CoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a")
     for learner in (cocoop, coop):
         learner.set_classnames(random_clip, CLASSNAMES)
     images = torch.nn.functional.normalize(torch.randn(3, random_clip.vis_dim), dim=-1)
@@ -117,7 +117,8 @@ def test_cocoop_with_zero_meta_net_equals_coop(random_clip):
 
 @pytest.mark.parametrize("chunk,ckpt", [(None, False), (3, False), (1, True)])
 def test_batched_cocoop_equals_per_image_loop(random_clip, chunk, ckpt):
-    cocoop = CoCoOpPrompts(random_clip, ctx_init="a photo of a", class_chunk=chunk, checkpoint_chunks=ckpt, init_seed=3)
+    cocoop = CoCoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a", class_chunk=chunk, checkpoint_chunks=ckpt,
+                           init_seed=3)
     cocoop.set_classnames(random_clip, CLASSNAMES)
     images = torch.nn.functional.normalize(torch.randn(4, random_clip.vis_dim), dim=-1)
     batched = cocoop(random_clip, images)
@@ -135,7 +136,7 @@ def test_batched_cocoop_equals_per_image_loop(random_clip, chunk, ckpt):
 
 
 def test_kgcoop_regularizer(random_clip):
-    kg = KgCoOpPrompts(random_clip, templates=["a photo of a {}."], kg_weight=8.0, ctx_init="a photo of a")
+    kg = KgCoOpPrompts(random_clip, templates=["a photo of a {}."], kg_weight=8.0, n_ctx=4, ctx_init="a photo of a")
     kg.set_classnames(random_clip, CLASSNAMES)
     with torch.no_grad():
         feats = kg(random_clip)
@@ -148,7 +149,7 @@ def test_kgcoop_regularizer(random_clip):
 
 
 def test_learner_state_dict_holds_only_learned_tensors(random_clip):
-    coop = CoOpPrompts(random_clip, ctx_init="a photo of a")
+    coop = CoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a")
     coop.set_classnames(random_clip, CLASSNAMES)
     assert list(coop.state_dict()) == ["ctx"]
     cocoop = CoCoOpPrompts(random_clip)

@@ -19,7 +19,7 @@ def root(tmp_path_factory) -> Path:
 
 def _common(root: Path) -> list[str]:
     return [*workspace_overrides(root), f"model.checkpoint={random_checkpoint(root / 'clip.pt')}",
-            f"paths.data_root={root / 'data'}", "method.epochs=1", "shots=2"]
+            f"paths.data_root={root / 'data'}", "method.optim.epochs=1", "shots=2"]
 
 
 def test_oxford_pets_command_runs_on_a_coop_layout_data_root(root):

@@ -377,3 +377,128 @@ def test_real_hydra_multirun(tmp_path: Path, methods: str) -> None:
     assert "| toyworld | coop | 81.50 ± 0.50 | 61.50 ± 0.50 |" in markdown
     assert ("| toyworld | cocoop |" in markdown) != failing
     assert ("stopped early" in done.stdout) == failing
+
+
+# --------------------------------------------------------------------------- table object and read_sweep
+
+
+def test_table_object_renders_and_hands_out_plain_records(tmp_path: Path) -> None:
+    table = _b2n_table(_b2n_sweep(tmp_path))
+    # The methods and the module-level functions are the same renderers.
+    assert table.to_markdown() == to_markdown(table)
+    assert table.to_csv() == to_csv(table)
+    assert table.to_latex() == to_latex(table)
+
+    records = table.to_records()
+    assert len(records) == len(table.rows) == 9
+    assert all(list(r) == table.record_columns() for r in records)
+    json.dumps(records)  # plain data
+    markdown_lines = table.to_markdown().splitlines()
+    for record, row in zip(records, table.rows, strict=True):
+        # Every number of a record is the one the markdown shows for that row.
+        cells = []
+        for col in table.value_columns:
+            mean, std = record[f"{col}_mean"], record[f"{col}_std"]
+            cells.append(f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}")
+        line = "| " + " | ".join([row.labels["dataset"], row.labels["method"], *cells, row.seeds_text]) + " |"
+        assert line in markdown_lines
+    coop = next(r for r in records if r["dataset"] == "toyworld" and r["method"] == "coop")
+    assert coop["is_average"] is False and coop["n_runs"] == 3
+    assert coop["base_mean"] == pytest.approx(96.0) and coop["base_n"] == 3
+    assert coop["base_std"] == pytest.approx(statistics.pstdev([96.0, 94.0, 98.0]))
+    pets = next(r for r in records if r["method"] == "coop" and r["dataset"] == "oxford_pets")
+    assert pets["dataset"] == "oxford_pets"  # raw summary values, not the display labels
+    average = next(r for r in records if r["is_average"] and r["method"] == "coop")
+    assert average["dataset"] == "Average" and average["n_runs"] == 6
+    assert average["hm_mean"] == pytest.approx(harmonic_mean(93.0, 64.0))
+    assert average["hm_std"] is None and average["base_n"] == 2  # over the two per-dataset means
+
+
+def test_to_pandas(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    table = _b2n_table(_b2n_sweep(tmp_path))
+    frame = table.to_pandas()
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == table.record_columns() and len(frame) == 9
+    coop = frame[(frame["dataset"] == "toyworld") & (frame["method"] == "coop")].iloc[0]
+    assert coop["base_mean"] == pytest.approx(96.0)
+
+
+def test_to_pandas_without_pandas_names_the_install(tmp_path: Path, monkeypatch) -> None:
+    table = _b2n_table(_b2n_sweep(tmp_path))
+    monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
+    with pytest.raises(ImportError, match="pip install pandas"):
+        table.to_pandas()
+
+
+def _hand_written(run_dir: Path, status: str, summary: dict, metrics: dict, error: dict | None = None) -> None:
+    """A metrics.json written by hand (as another tool or an older run would), not through make_record."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({
+        "schema": 1, "status": status, "run_dir": str(run_dir), "summary": summary, "metrics": metrics,
+        "error": error}))
+
+
+def test_read_sweep_on_hand_written_records(tmp_path: Path) -> None:
+    from promptlab.errors import NoCompleteRecordsError
+    from promptlab.results import SweepTables, read_sweep
+
+    sweep_dir = tmp_path / "sweep"
+    job = 0
+    for dataset, method, seed, acc in [("dtd", "coop", 1, 60.0), ("dtd", "coop", 2, 62.0), ("dtd", "zeroshot", 1, 44.0),
+                                       ("eurosat", "coop", 1, 80.0), ("eurosat", "zeroshot", 1, 48.0)]:
+        _hand_written(sweep_dir / str(job), "complete",
+                      {"protocol": "fewshot", "dataset": dataset, "method": method, "seed": seed}, {"acc": acc})
+        job += 1
+    for seed, (base, novel) in enumerate([(80.0, 60.0), (84.0, 64.0)], start=1):
+        _hand_written(sweep_dir / str(job), "complete",
+                      {"protocol": "base2novel", "dataset": "toyworld", "method": "coop", "seed": seed},
+                      {"base_acc": base, "novel_acc": novel})
+        job += 1
+    _hand_written(sweep_dir / str(job), "failed", {"protocol": "fewshot", "method": "kgcoop"}, {},
+                  {"type": "RuntimeError", "message": "boom"})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    sweep = read_sweep(sweep_dir)
+    assert isinstance(sweep, SweepTables)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    assert [t.protocol for t in sweep] == ["base2novel", "fewshot"] == sweep.protocols == list(sweep.tables)
+    assert len(sweep) == 2 and "fewshot" in sweep and "cross_dataset" not in sweep
+    assert sweep["fewshot"] is sweep.tables["fewshot"]
+    coop = sweep["fewshot"].find(dataset="dtd", method="coop")
+    assert coop.cells["acc"].mean == pytest.approx(61.0) and coop.cells["acc"].n == 2
+    assert [r.seed for r in coop.runs] == [1, 2]
+    assert sweep["fewshot"].find(average=True, method="zeroshot").cells["acc"].mean == pytest.approx(46.0)
+    b2n = sweep["base2novel"].find(method="coop")
+    assert b2n.cells["hm"].mean == pytest.approx(statistics.fmean([harmonic_mean(80, 60), harmonic_mean(84, 64)]))
+    assert [(s.status, s.path.parent.name) for s in sweep.skipped] == [("failed", str(job))]
+    assert "RuntimeError: boom" in str(sweep.skipped[0])
+    assert len(sweep.records) == job
+    with pytest.raises(KeyError, match=r"no 'cross_dataset' table in this sweep; it has \['base2novel', 'fewshot'\]"):
+        sweep["cross_dataset"]
+
+    # Run dirs (and parents) work too, several at once.
+    two = read_sweep([sweep_dir / "0", sweep_dir / "1"])
+    assert list(two.tables) == ["fewshot"] and not two.skipped
+    assert two["fewshot"].find(method="coop").n_seeds == (2,)
+    with pytest.raises(NoCompleteRecordsError, match="1 failed or incomplete run"):
+        read_sweep(sweep_dir / str(job))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_sweep(tmp_path / "missing")
+
+
+def test_stale_skipped_runs_file_is_removed(tmp_path: Path) -> None:
+    sweep = _b2n_sweep(tmp_path / "sweep")
+    first = aggregate([sweep], sweep)
+    stale = sweep / "skipped_runs.txt"
+    assert first["skipped_runs"] == stale and "CUDA out of memory" in stale.read_text()
+    # The failed job is rerun and completes: the next aggregation skips nothing, so the old list must go.
+    failed_dir = next(p for p in sweep.iterdir() if p.is_dir() and json.loads(
+        (p / "metrics.json").read_text())["status"] == "failed")
+    _write(failed_dir, "base2novel", {"base_acc": 70.0, "novel_acc": 65.0}, dataset="toyworld", method="kgcoop",
+           seed=1)
+    second = aggregate([sweep], sweep)
+    assert "skipped_runs" not in second and not stale.exists()
+    assert "| toyworld | kgcoop |" in (sweep / "table_base2novel.md").read_text()
+    # Nothing to clean up: still no file, no error.
+    assert "skipped_runs" not in aggregate([sweep], sweep)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from promptlab.analysis.study import build_rows, collect_runs, write_study
+from promptlab.analysis.study import study_rows, write_study
 from promptlab.results.records import make_record, write_record
 
 
@@ -30,7 +30,7 @@ def test_rows_deltas_and_files(tmp_path):
         _job(tmp_path, "coop", 1.0, seed, cb, cn, 0.1 * seed)
     _job(tmp_path, "zeroshot", 0.0, 1, 91.0, 90.0, 0.0)
     _job(tmp_path, "coop", 0.0, 1, 92.0, 89.0, None)  # no analysis: drift left out, not invented
-    rows = build_rows(collect_runs([tmp_path]))
+    rows = study_rows([tmp_path])
     assert [(r.method, r.spurious) for r in rows] == [("zeroshot", 0.0), ("zeroshot", 1.0), ("coop", 0.0),
                                                       ("coop", 1.0)]
     coop = rows[3]

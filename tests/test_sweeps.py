@@ -15,7 +15,7 @@ import pytest
 
 from tests.runs import run_cli, tiny_overrides
 
-SWEEP = ["-m", "method=zeroshot,coop", "seed=1,2", "method.epochs=1"]
+SWEEP = ["-m", "method=zeroshot,coop", "seed=1,2", "method.optim.epochs=1"]
 
 
 def _common(root: Path) -> list[str]:

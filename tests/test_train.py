@@ -77,12 +77,12 @@ def test_pretrained_tag_without_network_says_how_to_pass_a_file(base_overrides, 
 
 
 def test_saved_prompt_reloads_with_weights_only_and_gives_identical_metrics(workspace, base_overrides):
-    first = run(compose_cfg([*base_overrides, "method=coop", "method.epochs=2", "run_name=coop_save"]))
+    first = run(compose_cfg([*base_overrides, "method=coop", "method.optim.epochs=2", "run_name=coop_save"]))
     run_dir = Path(first["run_dir"])
     prompt = run_dir / "prompt_learner.pt"
     payload = torch.load(prompt, weights_only=True)
     assert list(payload["state_dict"]) == ["ctx"] and prompt.stat().st_size < 20_000
-    again = run(compose_cfg([*base_overrides, "method=coop", "method.epochs=0", f"load_prompt={prompt}",
+    again = run(compose_cfg([*base_overrides, "method=coop", "method.optim.epochs=0", f"load_prompt={prompt}",
                              "run_name=coop_reload"]))
     assert again["evaluations"] == first["evaluations"]
 
@@ -103,7 +103,7 @@ def test_short_coop_training_lowers_loss_and_beats_zero_shot_on_spurious_base(tm
     common = [*workspace_overrides(tmp_path), "dataset.generator.spurious=1.0", "dataset.generator.train_per_class=8",
               "dataset.generator.val_per_class=1", "dataset.generator.test_per_class=20", "shots=8"]
     zero = run(compose_cfg([*common, "method=zeroshot", "run_name=zs"]))
-    coop = run(compose_cfg([*common, "method=coop", "method.epochs=40", "logger=csv", "run_name=coop"]))
+    coop = run(compose_cfg([*common, "method=coop", "method.optim.epochs=40", "logger=csv", "run_name=coop"]))
     with open(Path(coop["run_dir"]) / "csv" / "metrics.csv") as f:
         losses = [float(r["train/loss_epoch"]) for r in csv.DictReader(f) if r.get("train/loss_epoch")]
     assert len(losses) == 40 and losses[-1] < 0.7 * losses[0]

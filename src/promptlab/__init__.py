@@ -1,3 +1,25 @@
-"""promptlab: prompt learning (zero-shot CLIP, CoOp, CoCoOp, KgCoOp) on frozen CLIP models."""
+"""promptlab: prompt learning (zero-shot CLIP, CoOp, CoCoOp, KgCoOp) on frozen CLIP models.
+
+The public Python API (promptlab.api), imported on first use so that `import promptlab` stays light:
+
+- `compose(overrides)`: the checked config of a job, as promptlab-train composes it;
+- `build_run(overrides)`: its parts (frozen CLIP, data, prompt learner, data module), untrained;
+- `run(overrides)`: run the job in this process and return its record;
+- `load_prompt(path)`: a saved prompt_learner.pt with its backbone -> `PromptClassifier.classify(images)`;
+- `read_sweep(path)`: a sweep's tables (`to_markdown`, `to_csv`, `to_latex`, `to_records`, `to_pandas`).
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API = ("PromptClassifier", "build_run", "compose", "load_prompt", "read_sweep", "run")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from promptlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'promptlab' has no attribute {name!r}")

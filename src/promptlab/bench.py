@@ -91,13 +91,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, float | str | int]:
     names = _classnames(args.classes)
     labels = torch.randint(len(names), (args.batch,), device=device)
 
-    coop = CoOpPrompts(clip, ctx_init="a photo of a").to(device)
+    coop = CoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a").to(device)
     coop.set_classnames(clip, names)
-    cocoop = CoCoOpPrompts(clip, ctx_init="a photo of a", class_chunk=args.class_chunk).to(device)
+    cocoop = CoCoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a", class_chunk=args.class_chunk).to(device)
     cocoop.set_classnames(clip, names)
     # The reference path: the same weights and learner, text transformer run on all 77 positions.
     clip_full = FrozenCLIP(clip.model, clip.tokenizer, clip.checkpoint_id, truncate_text=False)
-    cocoop_full = CoCoOpPrompts(clip_full, ctx_init="a photo of a").to(device)
+    cocoop_full = CoCoOpPrompts(clip_full, n_ctx=4, ctx_init="a photo of a").to(device)
     cocoop_full.set_classnames(clip_full, names)
     scale = clip.logit_scale()
 

@@ -5,7 +5,6 @@ says, write the run record. `python -m promptlab.train <overrides>`; `-m` for sw
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,23 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from promptlab.engine.build import build_loggers, build_parts, effective_lr, finish_wandb, resolve_epochs, save_learner
+from promptlab.cli_errors import user_errors_in_hydra_job
+from promptlab.config import LAUNCH_KEYS, register_configs, validate
+from promptlab.config.registry import choice, plain
+from promptlab.engine.build import (
+    build_loggers,
+    build_parts,
+    effective_lr,
+    finish_wandb,
+    optimizer_factory,
+    resolve_epochs,
+    save_learner,
+)
 from promptlab.engine.module import PromptLearningModule
+from promptlab.errors import ConfigError
 from promptlab.logs import quiet_libraries
 from promptlab.protocols import protocol_metrics
 from promptlab.results.records import (
-    CONFIG_HASH_EXCLUDE,
     STATUS_COMPLETE,
     config_hash,
     error_record,
@@ -35,24 +45,9 @@ from promptlab.results.records import (
 
 log = logging.getLogger("promptlab")
 
-# Keys that change how a run is launched or shown, not what it computes: a re-run that differs only in
-# these still counts as the same finished job.
-HASH_EXCLUDE = (*CONFIG_HASH_EXCLUDE, "sweep_name", "num_threads", "analysis", "trainer.enable_progress_bar")
+register_configs()
 
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
-
-
-def _safe_dirname(text: str) -> str:
-    """A directory name for a job's overrides (Hydra's override_dirname), safe on every file system."""
-    cleaned = re.sub(r"[^A-Za-z0-9=,._+-]+", "_", text).strip("_") or "default"
-    if len(cleaned) > 120:  # keep it readable and unique
-        import hashlib
-
-        cleaned = f"{cleaned[:100]}_{hashlib.sha1(text.encode()).hexdigest()[:10]}"
-    return cleaned
-
-
-OmegaConf.register_new_resolver("safe_dirname", _safe_dirname, replace=True)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -74,7 +69,7 @@ def check_launch(cfg: DictConfig) -> None:
     launcher = str(OmegaConf.select(HydraConfig.get(), "launcher._target_", default=""))
     if "submitit" in launcher.lower():
         return  # each SLURM job runs its ranks through srun; nothing is re-launched
-    raise ValueError(
+    raise ConfigError(
         f"trainer.strategy={strategy} inside a local multirun (-m): Lightning re-launches the script with its "
         "original arguments, so every rank would run the whole sweep (Lightning issue #11300). Run sweeps as "
         "parallel single-device jobs (launcher=joblib, trainer=default) or on SLURM with DDP inside each job "
@@ -82,22 +77,28 @@ def check_launch(cfg: DictConfig) -> None:
     )
 
 
-def summary_of(cfg: DictConfig, epochs: int) -> dict[str, Any]:
+def summary_of(cfg: DictConfig, epochs: int, learner: Any = None, precision: str | None = None,
+               lr: float | None = None) -> dict[str, Any]:
+    """The record's summary: what ran. With the built parts, the effective values (the learner's context
+    length, the precision Lightning ran, the scaled lr) rather than the requested ones."""
     method = cfg.method
     summary = {
-        "protocol": cfg.protocol.name,
+        "protocol": choice(cfg.protocol.name),
         "method": method.name,
-        "method_display": method.get("display_name", method.name),
+        "method_display": method.display_name,
         "dataset": cfg.dataset.name,
-        "dataset_display": cfg.dataset.get("display_name", cfg.dataset.name),
-        "backbone": cfg.model.get("display_name") or cfg.model.get("name"),
+        "dataset_display": cfg.dataset.display_name or cfg.dataset.name,
+        "backbone": cfg.model.display_name or cfg.model.name,
         "shots": int(cfg.shots),
         "seed": int(cfg.seed),
         "epochs": epochs,
-        "precision": str(cfg.trainer.precision),
+        "precision": precision if precision is not None else str(cfg.trainer.precision),
     }
-    if method.get("n_ctx") is not None and method.name != "zeroshot":
-        summary["n_ctx"] = int(method.n_ctx)
+    if lr is not None:
+        summary["lr"] = lr
+    n_ctx = getattr(learner, "n_ctx", None) if learner is not None else method.learner.get("n_ctx")
+    if n_ctx is not None:
+        summary["n_ctx"] = int(n_ctx)
     generator = cfg.dataset.get("generator")
     if generator is not None:
         summary["spurious"] = float(generator.spurious)
@@ -111,16 +112,14 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    method = cfg.method
-    epochs = resolve_epochs(method, cfg.dataset, int(cfg.shots))
+    method, optim = cfg.method, cfg.method.optim
+    epochs = resolve_epochs(optim, cfg.dataset, int(cfg.shots))
     parts = build_parts(cfg, prompt=Path(cfg.load_prompt) if cfg.get("load_prompt") else None)
     clip, data, learner, datamodule = parts.clip, parts.data, parts.learner, parts.datamodule
     lr = effective_lr(method)
     module = PromptLearningModule(
-        clip, learner, lr=lr, momentum=float(method.get("momentum", 0.9)),
-        weight_decay=float(method.get("weight_decay", 0.0)), max_epochs=max(epochs, 1),
-        warmup_epochs=int(method.get("warmup_epochs", 0)), warmup_lr=float(method.get("warmup_lr", lr or 1.0)),
-        run_name=str(cfg.run_name),
+        clip, learner, optimizer=optimizer_factory(method), lr=lr, max_epochs=max(epochs, 1),
+        warmup_epochs=int(optim.warmup_epochs), warmup_lr=float(optim.warmup_lr), run_name=str(cfg.run_name),
     )
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max(epochs, 1), logger=build_loggers(cfg, run_dir),
                                      use_distributed_sampler=False, default_root_dir=str(run_dir))
@@ -153,8 +152,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                      + ", ".join(s["impath"] for s in skipped[:20]))
     train_loss = trainer.callback_metrics.get("train/loss_epoch")
     return {
-        "summary": summary_of(cfg, epochs if learner.trainable else 0) | {"lr": lr},
-        "metrics": protocol_metrics(cfg.protocol.name, evaluations),
+        "summary": summary_of(cfg, epochs if learner.trainable else 0, learner=learner,
+                              precision=str(trainer.precision), lr=lr if learner.trainable else None),
+        "metrics": protocol_metrics(choice(cfg.protocol.name), evaluations),
         "evaluations": evaluations,
         "timings": {"total_s": time.perf_counter() - t_start, "setup_s": t_setup - t_start, "fit_s": fit_s,
                     "eval_s": eval_s},
@@ -169,15 +169,16 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job with resume and failure records; returns the record."""
+    validate(cfg)  # before anything is loaded or written
+    check_launch(cfg)
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_launch(cfg)
-    digest = config_hash(cfg, exclude=HASH_EXCLUDE)
+    plain_cfg = plain(cfg)
+    digest = config_hash(plain_cfg, exclude=LAUNCH_KEYS)
     if cfg.get("resume", True) and is_complete(run_dir, digest):
         log.info("skipping %s: %s already holds a complete record of this config", cfg.run_name, run_dir)
         return read_record(run_dir)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
     try:
         result = execute(cfg, run_dir)
     except BaseException as err:
@@ -246,7 +247,8 @@ def print_run(record: dict[str, Any], run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     quiet_libraries()
-    record = run(cfg)
+    with user_errors_in_hydra_job("promptlab-train"):
+        record = run(cfg)
     return (record or {}).get("metrics", {}).get("hm")
 
 

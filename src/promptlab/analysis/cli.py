@@ -4,8 +4,10 @@
     promptlab-analyze outputs/sweeps/study/method=coop,seed=1 outputs/sweeps/study/method=cocoop,seed=1 --examples 8
 
 Each run dir gets an analysis/ folder (analysis.json, summary.md, PNGs); the summary and the paths are
-printed. A dir without a complete record, or a trained method without prompt_learner.pt, is reported
-on stderr and the exit status is 1 (the other dirs are still analysed).
+printed. A dir that cannot be analysed (missing, no complete record, a trained method without
+prompt_learner.pt, data or weights that are gone) is reported on stderr as one paragraph
+`promptlab-analyze: error: ...`, the other dirs are still analysed, and the exit status is 1.
+HYDRA_FULL_ERROR=1 shows the traceback instead (and stops at the first error).
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from promptlab.cli_errors import exit_on_user_error, full_error_requested, print_user_error
+from promptlab.errors import PromptlabError
+
+PROG = "promptlab-analyze"
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="promptlab-analyze",
+        prog=PROG,
         description="Prompt-drift diagnostics (zero-shot vs learned class prototypes, base capture of novel "
                     "images) of finished promptlab runs; written to <run dir>/analysis/.",
     )
@@ -35,10 +41,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+@exit_on_user_error(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # Imported after parsing: torch and Lightning take seconds to import, --help and usage errors should not.
-    from promptlab.analysis.drift import AnalysisError
     from promptlab.analysis.runs import analyze_run_dir
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -46,8 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run_dir in args.run_dirs:
         try:
             paths = analyze_run_dir(run_dir, n_examples=args.examples)
-        except (AnalysisError, FileNotFoundError) as err:
-            print(f"promptlab-analyze: {err}", file=sys.stderr)
+        except PromptlabError as err:  # a bug (any other exception) stops the script with its traceback
+            if full_error_requested():
+                raise
+            print_user_error(PROG, err)
             status = EXIT_FAILED
             continue
         print(paths["summary"].read_text(encoding="utf-8"))

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from promptlab.data.types import EvalSet
+from promptlab.errors import AnalysisError  # re-exported: promptlab.analysis.drift.AnalysisError
 from promptlab.methods.base import PromptLearner
 from promptlab.methods.zeroshot import template_embeddings
 from promptlab.models.frozen import FrozenCLIP
@@ -55,10 +56,6 @@ NO_MOVE = 1e-5
 PROMPTS_PER_CHUNK = 16384
 
 FeaturesFn = Callable[[EvalSet], tuple[torch.Tensor, torch.Tensor]]
-
-
-class AnalysisError(ValueError):
-    """A run (dir) that cannot be analysed; the message says which and what to do."""
 
 
 # --------------------------------------------------------------------------- drift statistics

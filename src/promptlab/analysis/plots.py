@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+
+from promptlab.io import atomic_write_bytes
 
 _DPI = 120
 _ZEROSHOT_COLOUR = "0.6"
@@ -37,10 +40,11 @@ def _figure(width: float, height: float) -> Figure:
 def _save(figure: Figure, path: str | os.PathLike[str], bottom: float = 0.0) -> Path:
     """`bottom`: fraction of the height kept free for a figure-level legend."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
-    figure.savefig(path, dpi=_DPI)
-    return path
+    # Rendered in memory, then replaced atomically (W&B uploads or a reader never get half a PNG).
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=_DPI, format=path.suffix.lstrip(".") or "png")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _cosine_limits(values: Sequence[float]) -> tuple[float, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Mapping
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from promptlab.analysis.drift import BREAKDOWN_ATTRIBUTES
+from promptlab.io import atomic_write_json, atomic_write_text
 
 
 def headline_numbers(analysis: Mapping[str, Any]) -> dict[str, float]:
@@ -152,8 +152,8 @@ def write_analysis(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "analysis.json", "summary": out_dir / "summary.md"}
-    paths["json"].write_text(json.dumps(_json_ready(result), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    paths["summary"].write_text(summary_markdown(result), encoding="utf-8")
+    atomic_write_json(paths["json"], _json_ready(result), indent=1, allow_nan=False)
+    atomic_write_text(paths["summary"], summary_markdown(result))
     paths |= write_plots(result, out_dir)
     log_to_wandb(result, paths)
     return paths

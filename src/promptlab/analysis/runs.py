@@ -12,6 +12,7 @@ import torch
 
 from promptlab.analysis.drift import AnalysisError, analyze
 from promptlab.analysis.report import write_analysis
+from promptlab.errors import MissingPathError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def analyze_run_objects(run_dir: Path, cfg: Any, result: Mapping[str, Any]) -> d
 def _complete_record(run_dir: Path) -> dict[str, Any]:
     from promptlab.results.records import STATUS_COMPLETE, RecordError, read_record
 
+    if not run_dir.exists():
+        raise MissingPathError(f"{run_dir} does not exist; pass a run directory (one that holds metrics.json).")
     if not run_dir.is_dir():
         raise AnalysisError(f"{run_dir}: not a directory; pass a run directory (one that holds metrics.json).")
     try:
@@ -57,13 +60,13 @@ def _complete_record(run_dir: Path) -> dict[str, Any]:
 def analyze_run_dir(run_dir: Path, n_examples: int = 6) -> dict[str, Path]:
     """Rebuild a finished run's CLIP, data and learned prompt from its dir and write its diagnostics."""
     from hydra.utils import get_class
-    from omegaconf import OmegaConf
 
+    from promptlab.config.registry import typed
     from promptlab.engine.build import build_parts
 
     run_dir = Path(run_dir)
     record = _complete_record(run_dir)
-    cfg = OmegaConf.create(record["config"])
+    cfg = typed(record["config"])
     prompt_path = run_dir / "prompt_learner.pt"
     trainable = get_class(cfg.method.learner._target_).trainable
     if trainable and not prompt_path.is_file():

@@ -5,15 +5,18 @@ For each (method, spurious strength): base / novel / HM accuracy and the novel c
 (1 - cosine between learned and zero-shot prototypes, from each run's analysis.json), mean ± std over
 seeds, plus how CoOp-style methods move against zero-shot on *every* seed (the published pattern: base
 up, novel down, growing with the strength of the spurious factor).
+The numbers come from the ordinary run records and tables: the rows are the base2novel `ResultTable` of
+the sweep (rows split by the spurious strength), with the drift measures as extra columns.
 `promptlab-study <sweep dir>`; the experiment config also runs it when its sweep ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import statistics
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,24 +24,21 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from promptlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from promptlab.results.metrics import harmonic_mean
 from promptlab.results.records import scan_records
+from promptlab.results.table import BASE2NOVEL, ResultTable, Row, RunValues, build_table
 
-METHOD_ORDER = ("zeroshot", "coop", "cocoop", "kgcoop")
+METHOD_ORDER = ("zeroshot", "coop", "cocoop", "kgcoop")  # the table's method order (results.table) agrees
 MEASURES = ("base", "novel", "hm", "novel_drift", "novel_capture")
-
-
-@dataclass
-class StudyRun:
-    method: str
-    method_display: str
-    spurious: float
-    seed: int
-    values: dict[str, float]
+# Study measures that are not base2novel record metrics: read from each run's analysis.json.
+ANALYSIS_MEASURES = ("novel_drift", "novel_capture")
 
 
 @dataclass
 class StudyRow:
+    """One (method, spurious strength) row of the study: a base2novel table row seen by the study."""
+
     method: str
     method_display: str
     spurious: float
@@ -50,48 +50,78 @@ class StudyRow:
     delta_novel: list[float] = field(default_factory=list)
 
 
-def collect_runs(dirs: Sequence[Path]) -> list[StudyRun]:
-    runs = []
+def analysis_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The study's drift measures of one run, from <run_dir>/analysis/analysis.json ({} without one)."""
+    path = Path(record["run_dir"]) / "analysis" / "analysis.json"
+    if not path.is_file():
+        return {}
+    analysis = json.loads(path.read_text())
+    return {
+        "novel_drift": analysis["drift"]["groups"]["novel"]["drift_mean"],
+        "novel_capture": 100.0 * analysis["capture"]["learned"]["fraction"],
+    }
+
+
+def study_table(dirs: Iterable[str | os.PathLike[str]]) -> ResultTable:
+    """The base2novel table of the toy-world runs under `dirs` (the run records, as `promptlab-table` reads
+    them), one row per dataset x method x spurious strength, with the analysis measures as extra columns.
+
+    Raises ValueError when there is no complete base2novel run with a spurious strength.
+    """
+    dirs = [Path(d) for d in dirs]
+    records = []
     for record in scan_records(dirs).complete:
-        summary, metrics = record["summary"], record["metrics"]
-        if summary.get("protocol") != "base2novel" or "spurious" not in summary:
+        summary = record["summary"]
+        if summary.get("protocol") != BASE2NOVEL or "spurious" not in summary:
             continue
-        values = {"base": metrics["base_acc"], "novel": metrics["novel_acc"], "hm": metrics["hm"]}
-        analysis_path = Path(record["run_dir"]) / "analysis" / "analysis.json"
-        if analysis_path.is_file():
-            analysis = json.loads(analysis_path.read_text())
-            values["novel_drift"] = analysis["drift"]["groups"]["novel"]["drift_mean"]
-            values["novel_capture"] = 100.0 * analysis["capture"]["learned"]["fraction"]
-        runs.append(StudyRun(summary["method"], summary.get("method_display", summary["method"]),
-                             float(summary["spurious"]), int(summary["seed"]), values))
-    return runs
+        # A copy whose metrics also hold the analysis measures: the table reads every value from the record.
+        records.append({**record, "metrics": {**record["metrics"], **analysis_metrics(record)}})
+    if not records:
+        where = ", ".join(str(d) for d in dirs)
+        raise ValueError(f"{where}: no complete base2novel toy-world runs (with a spurious strength) found.")
+    # spurious splits rows even when a sweep holds a single strength: the study's rows are per strength.
+    return build_table(records, BASE2NOVEL, split_by=("spurious",), extra_metrics=ANALYSIS_MEASURES)
 
 
-def build_rows(runs: list[StudyRun]) -> list[StudyRow]:
-    groups: dict[tuple[str, float], list[StudyRun]] = {}
-    for run in runs:
-        groups.setdefault((run.method, run.spurious), []).append(run)
-    zeroshot = {(r.spurious, r.seed): r for r in runs if r.method == "zeroshot"}
-    zeroshot_any = {r.spurious: r for r in runs if r.method == "zeroshot"}  # zero-shot does not depend on the seed
-    rows = []
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    for (method, spurious), members in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])):
-        members.sort(key=lambda r: r.seed)
-        mean, std = {}, {}
-        for measure in MEASURES:
-            values = [r.values[measure] for r in members if measure in r.values]
-            if values:
-                mean[measure] = statistics.fmean(values)
-                std[measure] = statistics.pstdev(values)
-        row = StudyRow(method, members[0].method_display, spurious, [r.seed for r in members], mean, std)
-        if method != "zeroshot":
-            for r in members:
-                ref = zeroshot.get((spurious, r.seed)) or zeroshot_any.get(spurious)
+def rows_from_table(table: ResultTable) -> list[StudyRow]:
+    """The study rows of a study table (its dataset rows, in the table's order), with the per-seed
+    differences of each learned method against zero-shot on the same dataset and strength."""
+    rows = [r for r in table.rows if not r.is_average]
+    zeroshot: dict[tuple[Any, float, Any], RunValues] = {}
+    zeroshot_any: dict[tuple[Any, float], RunValues] = {}  # zero-shot does not depend on the seed
+    for row in rows:
+        if row.keys["method"] == "zeroshot":
+            for run in row.runs:
+                zeroshot[(row.keys["dataset"], _spurious(row), run.seed)] = run
+                zeroshot_any[(row.keys["dataset"], _spurious(row))] = run
+    study_rows = []
+    for row in rows:
+        runs = sorted(row.runs, key=lambda r: r.seed)
+        cells = {m: row.cells.get(m) for m in MEASURES}
+        present = {m: c for m, c in cells.items() if c is not None}
+        study_row = StudyRow(
+            row.keys["method"], row.labels["method"], _spurious(row), [int(r.seed) for r in runs],
+            mean={m: c.mean for m, c in present.items()},
+            std={m: c.std if c.std is not None else 0.0 for m, c in present.items()},
+        )
+        if row.keys["method"] != "zeroshot":
+            for run in runs:
+                ref = (zeroshot.get((row.keys["dataset"], study_row.spurious, run.seed))
+                       or zeroshot_any.get((row.keys["dataset"], study_row.spurious)))
                 if ref is not None:
-                    row.delta_base.append(r.values["base"] - ref.values["base"])
-                    row.delta_novel.append(r.values["novel"] - ref.values["novel"])
-        rows.append(row)
-    return rows
+                    study_row.delta_base.append(run.values["base"] - ref.values["base"])
+                    study_row.delta_novel.append(run.values["novel"] - ref.values["novel"])
+        study_rows.append(study_row)
+    return study_rows
+
+
+def study_rows(dirs: Iterable[str | os.PathLike[str]]) -> list[StudyRow]:
+    """The study rows of the runs under `dirs` (`rows_from_table(study_table(dirs))`)."""
+    return rows_from_table(study_table(dirs))
+
+
+def _spurious(row: Row) -> float:
+    return float(row.keys["spurious"])
 
 
 def _cell(row: StudyRow, measure: str, scale: float = 1.0, digits: int = 1) -> str:
@@ -150,22 +180,20 @@ def plot_study(rows: list[StudyRow], path: Path) -> Path:
     ax_novel.legend()
     fig.suptitle("Toy world: a spurious background/size rule on the base classes")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()  # rendered in memory, then replaced atomically (never half a PNG on disk)
+    fig.savefig(buffer, dpi=110, format="png")
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_study(sweep_dir: Path, out_dir: Path | None = None, quiet: bool = False) -> dict[str, Path]:
     """Write study.md / study.json / study.png for a sweep dir; print the table and the figure path."""
     out_dir = Path(out_dir or sweep_dir)
-    rows = build_rows(collect_runs([Path(sweep_dir)]))
-    if not rows:
-        raise ValueError(f"{sweep_dir}: no complete base2novel toy-world runs (with a spurious strength) found.")
+    rows = study_rows([Path(sweep_dir)])
     markdown = to_markdown(rows)
     paths = {"markdown": out_dir / "study.md", "json": out_dir / "study.json", "figure": out_dir / "study.png"}
-    paths["markdown"].write_text(markdown)
-    paths["json"].write_text(json.dumps([row.__dict__ for row in rows], indent=1) + "\n")
+    atomic_write_text(paths["markdown"], markdown)
+    atomic_write_json(paths["json"], [row.__dict__ for row in rows], indent=1)
     plot_study(rows, paths["figure"])
     if not quiet:
         print(markdown)

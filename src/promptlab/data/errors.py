@@ -1,23 +1,22 @@
-"""The one exception type for data problems a user can cause (and fix).
+"""The one exception type for data problems a user can cause (and fix), and the messages that explain them.
 
-Everything that goes wrong because of what is (or is not) on disk raises `DatasetError`, with a message
-that names the path or value, says what was expected and what to do. Bugs in promptlab itself are
-asserts, not `DatasetError`.
+Everything that goes wrong because of what is (or is not) on disk raises `DatasetError` (a
+`promptlab.errors.PromptlabError`, defined there with the other user errors), with a message that names
+the path or value, says what was expected and what to do. Bugs in promptlab itself are asserts, not
+`DatasetError`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from promptlab.errors import DatasetError  # re-exported: promptlab.data.errors.DatasetError
+
 #: Environment variable that the `paths.data_root` config default reads (see conf/ paths).
 DATA_ROOT_ENV = "PROMPTLAB_DATA"
 
 #: The CoOp instructions for downloading the datasets into the layout read here.
 COOP_DATASETS_DOC = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
-
-
-class DatasetError(Exception):
-    """A dataset is missing, incomplete or inconsistent with its config."""
 
 
 def data_root_advice() -> str:

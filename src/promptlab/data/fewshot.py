@@ -6,8 +6,9 @@ The reference draws with the global `random` state from lists in file-system ord
 result with absolute paths (`split_fewshot/shot_{K}-seed_{S}.pkl`). Here each label's items are sorted
 by path and drawn with a local RNG seeded by (seed, label), so the selection does not depend on
 listing order, on other classes or on global state, and it is saved as JSON with paths relative to the
-dataset folder. Where a class has fewer images than `shots` the reference repeats images
-(`random.choices`); we keep each image once and record a note instead.
+dataset folder. Where a class has fewer images than `shots`, each image is kept once and a note is
+recorded; so does the reference, whose readers call `generate_fewshot_dataset` without `repeat=True`
+(only that would draw with replacement). Rule and sources: docs/reference.md, "Few-shot sampling".
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 
 from promptlab.data.errors import DatasetError
 from promptlab.data.types import DatasetSplits, Datum
+from promptlab.errors import ConfigError
+from promptlab.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def draw_without_replacement(items: Sequence[T], k: int, rng: random.Random) -> 
 
 def _check_shots(shots: int) -> None:
     if not isinstance(shots, int) or isinstance(shots, bool) or (shots < 1 and shots != -1):
-        raise ValueError(f"shots must be a positive integer or -1 (all images), got {shots!r}.")
+        raise ConfigError(f"shots must be a positive integer or -1 (all images), got {shots!r}.")
 
 
 def sample_few_shot(items: list[Datum], shots: int, seed: int) -> tuple[list[Datum], list[str]]:
@@ -182,19 +184,10 @@ def _write_first_possible(candidates: list[Path], payload: dict[str, Any]) -> Pa
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    # Temp file in the same folder + os.replace: readers never see a half-written file, and jobs of a
-    # sweep that draw the same selection at the same time simply replace it with identical content.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # Atomic: readers never see a half-written file, and jobs of a sweep that draw the same selection
+    # at the same time simply replace it with identical bytes. Mode follows the umask: the data root
+    # is often shared by a group.
+    atomic_write_json(path, payload, indent=1)
 
 
 def _load_selection(

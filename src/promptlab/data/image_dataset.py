@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from promptlab.data.errors import DatasetError
 from promptlab.data.types import Datum
+from promptlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class ImageDataset(Dataset):
         on_error: str = "raise",
     ) -> None:
         if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
+            raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
         self.transform = transform
         self.on_error = on_error
         #: Left-out images: dicts with impath, label, classname and reason (JSON-ready).

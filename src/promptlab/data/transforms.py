@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from torchvision import transforms as T
 
+from promptlab.errors import ConfigError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 AUGMENTS = ("none", "flip", "coop")
@@ -34,9 +36,9 @@ def build_transform(
 ) -> T.Compose:
     """PIL image -> normalised float tensor (3, image_size, image_size). `augment` applies to train only."""
     if augment not in AUGMENTS:
-        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}.")
+        raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}.")
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
+        raise ConfigError(f"image_size must be a positive integer, got {image_size!r}.")
     to_tensor = [T.ToTensor(), T.Normalize(mean=tuple(mean), std=tuple(std))]
     if train and augment == "coop":
         return T.Compose([

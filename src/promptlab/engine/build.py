@@ -6,6 +6,7 @@ schedule, loggers; and the saved prompt (prompt_learner.pt). Training (train.py)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,19 +16,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from promptlab.config.launch import is_launch_key
+from promptlab.config.registry import choice, plain
+from promptlab.config.schema import LrScaling, SGDConf
 from promptlab.engine.datamodule import PromptDataModule
-from promptlab.engine.features import save_atomic
+from promptlab.errors import ConfigError, MissingPathError
+from promptlab.io import atomic_torch_save
 from promptlab.models import load_clip_from_config
 from promptlab.protocols import ProtocolData, build_protocol_data
 
 
-def resolve_epochs(method: DictConfig, dataset: DictConfig, shots: int) -> int:
-    """Epochs of a run: method.epochs if set, else the reference's table by shot count (CoOp)."""
-    if method.get("epochs") is not None:
-        return int(method.epochs)
+def resolve_epochs(optim: DictConfig, dataset: DictConfig, shots: int) -> int:
+    """Epochs of a run: method.optim.epochs if set, else the dataset's reference table by shot count (CoOp)."""
+    if optim.get("epochs") is not None:
+        return int(optim.epochs)
     table = dataset.get("epochs_by_shots") or {}
     if not table:
-        raise ValueError(f"method.epochs is null and dataset {dataset.name} has no epochs_by_shots: set method.epochs.")
+        raise ConfigError(f"method.optim.epochs is null and dataset {dataset.name} has no epochs_by_shots: set "
+                          "method.optim.epochs.")
     keys = sorted(int(k) for k in table)
     # Largest shot count in the table not above ours (16 shots -> the 16 entry; -1 = all -> the largest).
     chosen = keys[-1] if shots < 0 else max([k for k in keys if k <= shots] or [keys[0]])
@@ -35,37 +41,65 @@ def resolve_epochs(method: DictConfig, dataset: DictConfig, shots: int) -> int:
 
 
 def effective_lr(method: DictConfig) -> float:
-    """lr scaled for the batch size (method.lr_scaling against method.reference_batch_size)."""
-    lr = float(method.get("lr", 0.0))
-    rule = method.get("lr_scaling", "none")
-    ratio = float(method.get("batch_size", 1)) / float(method.get("reference_batch_size", method.get("batch_size", 1)))
-    if rule == "none":
-        return lr
-    if rule == "linear":
+    """method.optim.lr scaled for the batch size (optim.lr_scaling against optim.reference_batch_size)."""
+    optim = method.optim
+    lr = float(optim.lr)
+    ratio = float(method.loader.batch_size) / float(optim.reference_batch_size)
+    rule = LrScaling(optim.lr_scaling)
+    if rule is LrScaling.linear:
         return lr * ratio
-    if rule == "sqrt":
+    if rule is LrScaling.sqrt:
         return lr * math.sqrt(ratio)
-    raise ValueError(f"method.lr_scaling={rule!r}; expected none, linear or sqrt.")
+    return lr
+
+
+def optimizer_factory(method: DictConfig) -> Callable[..., torch.optim.Optimizer]:
+    """The optimiser of method.optim.optimizer as a partial that takes (params, lr=...)."""
+    node = method.optim.get("optimizer")
+    if node is None:  # composed without the optimizer group (e.g. a hand-made config): the reference SGD
+        node = OmegaConf.structured(SGDConf)
+    return instantiate(node, _convert_="all")
+
+
+def run_label(cfg: DictConfig) -> str:
+    """A job's name in loggers: its overrides without the launch-only ones, else the run name."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    kept = [o for o in overrides if not is_launch_key(str(o).split("=", 1)[0].lstrip("+~"))]
+    return ",".join(kept) or str(cfg.run_name)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    name = cfg.logger.get("name", "none")
-    if name == "none":
-        return []
-    if name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+    """Instantiate every Lightning logger node under `logger` (name -> _target_ node).
 
-        return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    if name == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
+    What a node leaves out is filled in per job where the logger's class takes it: save_dir (the run's
+    folder), the run's name (`name` for W&B, `run_name` for MLflow) and job_type (the method). Every
+    logger then gets the resolved config as its hyperparameters.
+    """
+    import inspect
 
-        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-        run_label = ",".join(o for o in overrides if not o.startswith(("sweep_name", "logger"))) or cfg.run_name
-        kwargs = {"mode": cfg.logger.mode} if cfg.logger.get("mode") else {}
-        return [WandbLogger(project=cfg.logger.project, entity=cfg.logger.get("entity"), group=str(cfg.logger.group),
-                            job_type=cfg.method.name, name=run_label, tags=list(cfg.logger.get("tags") or []),
-                            save_dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True), **kwargs)]
-    raise ValueError(f"logger.name={name!r}; expected none, csv or wandb.")
+    from hydra.utils import get_class
+
+    loggers = []
+    label = run_label(cfg)
+    for key, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        if "_target_" not in node:
+            raise ConfigError(f"logger.{key} has no _target_: a logger is a Lightning logger node, e.g. "
+                              "_target_: lightning.pytorch.loggers.CSVLogger.")
+        params = inspect.signature(get_class(str(node._target_)).__init__).parameters
+        fill: dict[str, Any] = {}
+        if node.get("save_dir", None) is None and "save_dir" in params:
+            fill["save_dir"] = str(run_dir)
+        for name, value in (("name", label), ("run_name", label), ("job_type", str(cfg.method.name))):
+            if name in params and name not in node:
+                fill[name] = value
+        if node.get("run_name", "") is None and "run_name" in params:
+            fill["run_name"] = label
+        logger = instantiate(node, _convert_="all", **fill)
+        logger.log_hyperparams(plain(cfg))
+        loggers.append(logger)
+    return loggers
 
 
 def finish_wandb() -> None:
@@ -91,24 +125,25 @@ class RunParts:
 
 def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Path | None = None) -> RunParts:
     """Build a run's parts from its config (training and promptlab-analyze share this)."""
-    method = cfg.method
+    method, loader = cfg.method, cfg.method.loader
     clip = load_clip_from_config(cfg.model, device=device)
     data = build_protocol_data(
         cfg.protocol, cfg.dataset, Path(cfg.paths.data_root).expanduser().resolve(), int(cfg.shots), int(cfg.seed),
         Path(cfg.paths.fewshot_dir) if cfg.paths.get("fewshot_dir") else None,
     )
-    learner = instantiate(method.learner, clip=clip, **learner_kwargs(method, data.train_classnames, int(cfg.seed)))
+    learner = instantiate(method.learner, _convert_="all", clip=clip,
+                          **learner_kwargs(method, data.train_classnames, int(cfg.seed)))
     learner.set_classnames(clip, data.train_classnames)
     if prompt is not None:
         load_learner(prompt, learner)
     learner.to(device)
     datamodule = PromptDataModule(
         clip, data.train_items, data.eval_sets,
-        batch_size=int(method.batch_size), eval_batch_size=int(method.get("eval_batch_size", 100)),
+        batch_size=int(loader.batch_size), eval_batch_size=int(loader.eval_batch_size),
         num_workers=int(cfg.loader.num_workers), pin_memory=bool(cfg.loader.pin_memory),
-        augment=str(method.get("augment", "none")), train_cache=str(method.get("train_cache", "auto")),
-        train_views=int(method.get("train_views", 0)), eval_cache=bool(cfg.get("eval_cache", True)),
-        cache_dir=Path(cfg.paths.cache_dir), on_error=str(cfg.loader.on_error),
+        augment=choice(loader.augment), train_cache=choice(loader.train_cache),
+        train_views=int(loader.train_views), eval_cache=bool(cfg.eval_cache),
+        cache_dir=Path(cfg.paths.cache_dir), on_error=choice(cfg.loader.on_error),
         precision=str(cfg.trainer.precision), seed=int(cfg.seed),
     )
     return RunParts(clip, data, learner, datamodule)
@@ -131,24 +166,24 @@ def save_learner(path: Path, learner: torch.nn.Module, cfg: DictConfig) -> None:
     """The learned tensors only (loadable with torch.load(weights_only=True)) plus what rebuilds them."""
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in learner.state_dict().items()},
-        "method": OmegaConf.to_container(cfg.method, resolve=True),
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "method": plain(cfg.method),
+        "model": plain(cfg.model),
         "dataset": str(cfg.dataset.name),
         "train_classnames": list(learner.classnames),
     }
-    save_atomic(payload, path)
+    atomic_torch_save(payload, path)
 
 
 def load_learner(path: Path, learner: torch.nn.Module) -> None:
     """Load a saved prompt (prompt_learner.pt) with weights_only=True: tensors and plain containers only."""
     if not path.is_file():
-        raise FileNotFoundError(f"load_prompt={path}: no such file (a run's prompt_learner.pt is expected).")
+        raise MissingPathError(f"load_prompt={path}: no such file (a run's prompt_learner.pt is expected).")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     missing, unexpected = learner.load_state_dict(payload["state_dict"], strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise ConfigError(
             f"load_prompt={path} does not fit method {type(learner).__name__}: missing {missing}, unexpected "
             f"{unexpected}. It was saved by method {payload.get('method', {}).get('name')!r}; use the same method "
-            "config (and n_ctx/csc) to load it."
+            "config (and learner.n_ctx / learner.csc) to load it."
         )
 

@@ -19,6 +19,7 @@ from promptlab.data.image_dataset import ImageDataset
 from promptlab.data.transforms import CLIP_MEAN, CLIP_STD, build_transform
 from promptlab.data.types import Datum, EvalSet
 from promptlab.engine.features import cache_key, cached_features, encode_images
+from promptlab.errors import ConfigError
 from promptlab.models.frozen import FrozenCLIP
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,9 @@ class PromptDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if train_cache not in ("auto", "on", "off"):
-            raise ValueError(f"train_cache={train_cache!r}; expected auto, on or off.")
+            raise ConfigError(f"train_cache={train_cache!r}; expected auto, on or off.")
         if train_cache == "on" and augment != "none" and train_views < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"train_cache=on with augment={augment!r} would freeze one random crop per image for the whole "
                 "run. Set augment=none, or train_views=K to cache K augmented views per image (documented "
                 "approximation), or train_cache=auto/off to encode augmented images every step (reference)."
@@ -158,8 +159,9 @@ class PromptDataModule(L.LightningDataModule):
         if world > 1:
             sampler = DistributedSampler(self._train_dataset, num_replicas=world, rank=rank, shuffle=True,
                                          seed=self.seed, drop_last=False)
-        # drop_last=False: few-shot sets can be smaller than a batch; the reference's dropped last batch
-        # could leave an epoch empty (DESIGN.md section 5).
+        # drop_last=False: every few-shot image is used every epoch. The reference drops the last incomplete
+        # batch once a set holds a full batch, and an unconditional drop_last would leave a set smaller than
+        # a batch with no steps at all (docs/reference.md, "Pitfalls").
         features = isinstance(self._train_dataset, FeatureDataset)
         return DataLoader(self._train_dataset, batch_size=self.batch_size, shuffle=sampler is None,
                           sampler=sampler, generator=generator, drop_last=False,

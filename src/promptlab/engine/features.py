@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from promptlab.data.types import Datum
+from promptlab.io import atomic_torch_save
 from promptlab.models.frozen import FrozenCLIP
 
 log = logging.getLogger(__name__)
@@ -85,15 +84,11 @@ def cache_key(clip: FrozenCLIP, items: Sequence[Datum], transform: object, preci
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """`torch.save` for files other jobs may read at the same time (the shared feature cache).
+
+    Kept as a thin alias of `promptlab.io.atomic_torch_save` for existing importers (engine/build.py).
+    """
+    atomic_torch_save(obj, path)
 
 
 def cached_features(cache_dir: Path | None, key: str, compute: Callable[[], torch.Tensor], label: str) -> torch.Tensor:

@@ -8,20 +8,47 @@ config. Evaluation on another class list (novel classes, another dataset) is `le
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import SumMetric
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from promptlab.config.schema import OptimConf, SGDConf
+from promptlab.errors import NonFiniteLossError
 from promptlab.methods.base import PromptLearner, logits_from_features
 from promptlab.models.frozen import FrozenCLIP
+from promptlab.results.metrics import accuracy_percent
+
+_OPTIM, _SGD = OptimConf(), SGDConf()
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; the message names the run and what to change."""
+def reference_sgd() -> Callable[..., torch.optim.Optimizer]:
+    """The reference's optimiser (SGD with the schema's momentum and weight decay), awaiting params and lr."""
+    return partial(torch.optim.SGD, momentum=_SGD.momentum, weight_decay=_SGD.weight_decay,
+                   dampening=_SGD.dampening, nesterov=_SGD.nesterov)
+
+
+class CountMetric(Metric):
+    """Exact integer counts of correct predictions and images, summed across DDP ranks."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        self.correct += (predictions == labels).sum().long()
+        self.total += torch.tensor(labels.numel(), dtype=torch.long, device=self.total.device)
+
+    def compute(self) -> tuple[int, int]:
+        return int(self.correct), int(self.total)
 
 
 def warmup_cosine_factor(epoch: int, max_epochs: int, warmup_epochs: int, warmup_lr: float, base_lr: float) -> float:
@@ -42,25 +69,26 @@ class PromptLearningModule(L.LightningModule):
         self,
         clip: FrozenCLIP,
         learner: PromptLearner,
-        lr: float = 0.002,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        lr: float = _OPTIM.lr,
         max_epochs: int = 1,
-        warmup_epochs: int = 1,
-        warmup_lr: float = 1e-5,
+        warmup_epochs: int = _OPTIM.warmup_epochs,
+        warmup_lr: float = _OPTIM.warmup_lr,
         run_name: str = "run",
     ) -> None:
+        """`optimizer(params, lr=...)` builds the optimiser (None: the reference SGD); defaults are the schema's
+        (promptlab.config.schema.OptimConf), the single place where they are written."""
         super().__init__()
         self.clip = clip
         self.learner = learner
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.optimizer_factory = optimizer or reference_sgd()
+        self.lr = lr
         self.max_epochs, self.warmup_epochs, self.warmup_lr = max_epochs, warmup_epochs, warmup_lr
         self.run_name = run_name
         self.train_acc = MulticlassAccuracy(num_classes=max(len(learner.classnames), 2), average="micro")
         self._eval_text: torch.Tensor | None = None
-        self.eval_acc: MulticlassAccuracy | None = None
-        self.eval_count = SumMetric()
-        self.last_eval: dict[str, float] = {}
+        self.eval_counts = CountMetric()
+        self.last_eval: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- forward
     def image_features(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -93,7 +121,7 @@ class PromptLearningModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"run '{self.run_name}': non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
                 f"step {self.global_step}. Typical causes: fp16 weights (use model.weights_dtype=fp32 and "
-                "trainer.precision=bf16-mixed or 32) or a learning rate that is too high (method.lr)."
+                "trainer.precision=bf16-mixed or 32) or a learning rate that is too high (method.optim.lr)."
             )
         self.train_acc(logits.argmax(dim=-1), labels)
         self.log("train/loss", ce.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
@@ -103,7 +131,7 @@ class PromptLearningModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.learner.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        optimizer = self.optimizer_factory(params, lr=self.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda epoch: warmup_cosine_factor(epoch, self.max_epochs, self.warmup_epochs, self.warmup_lr, self.lr),
@@ -112,9 +140,7 @@ class PromptLearningModule(L.LightningModule):
 
     # ----------------------------------------------------------------- evaluation
     def on_test_epoch_start(self) -> None:
-        num_classes = len(self.learner.classnames)
-        self.eval_acc = MulticlassAccuracy(num_classes=max(num_classes, 2), average="micro").to(self.device)
-        self.eval_count = SumMetric().to(self.device)
+        self.eval_counts = CountMetric().to(self.device)
         self._eval_text = None
         if not self.learner.instance_conditional:
             with torch.no_grad():  # static prompts: one text pass for the whole test set
@@ -126,14 +152,14 @@ class PromptLearningModule(L.LightningModule):
             logits = logits_from_features(feats, self._eval_text, self.clip.logit_scale())
         else:
             logits = self(feats)
-        self.eval_acc.update(logits.argmax(dim=-1), batch["label"])
-        self.eval_count.update(torch.tensor(float(batch["label"].shape[0]), device=self.device))
+        self.eval_counts.update(logits.argmax(dim=-1), batch["label"])
 
     def on_test_epoch_end(self) -> None:
-        # compute() syncs the metric states across DDP ranks: counts are summed, each image counted once.
-        acc = float(self.eval_acc.compute()) * 100.0
-        count = int(round(float(self.eval_count.compute())))
-        self.last_eval = {"acc": acc, "n_images": count, "n_correct": int(round(acc * count / 100.0))}
+        # compute() syncs the integer counts across DDP ranks (summed, each image counted once); the
+        # accuracy is derived from them, so 2 of 5 is exactly 40.0.
+        n_correct, n_images = self.eval_counts.compute()
+        acc = accuracy_percent(n_correct, n_images)
+        self.last_eval = {"acc": acc, "n_images": n_images, "n_correct": n_correct}
         self.log("test/acc", acc, sync_dist=False)
         self._eval_text = None
 

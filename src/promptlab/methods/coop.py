@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from promptlab.errors import ConfigError
 from promptlab.methods.base import PromptLearner, tokenize_prompts
 from promptlab.models.frozen import FrozenCLIP
 
@@ -20,18 +21,25 @@ CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 def init_context(clip: FrozenCLIP, n_ctx: int, ctx_init: str | None, generator: torch.Generator | None = None):
     """Return (context vectors [M, W], prompt text that stands for them).
 
-    From words: M is the number of BPE tokens of `ctx_init` (the reference counts words, which is the
-    same for "a photo of a"); the vectors are those words' token embeddings. Random: N(0, 0.02) and
-    "X" placeholders, as the reference.
+    From words (the reference CoOp/CoCoOp): one vector per BPE token of `ctx_init`, initialised with that
+    token's embedding; `n_ctx` must equal the token count (a mismatch is refused, not silently ignored,
+    so a record never shows a context length that did not run). Random: n_ctx vectors from N(0, 0.02)
+    and "X" placeholders, as the reference.
     """
+    if n_ctx < 1:
+        raise ConfigError(f"method.learner.n_ctx={n_ctx}: a context needs at least one vector (n_ctx >= 1).")
     if ctx_init:
         text = ctx_init.replace("_", " ").strip()
         tokens = clip.tokenize([text])
         n_init = int(clip.eot_index(tokens)[0]) - 1
+        if n_init != n_ctx:
+            raise ConfigError(
+                f"method.learner.n_ctx={n_ctx} but method.learner.ctx_init={ctx_init!r} is {n_init} tokens: the "
+                f"context has one vector per phrase token. Set method.learner.n_ctx={n_init}, or "
+                f"method.learner.ctx_init=null for {n_ctx} random vectors."
+            )
         vectors = clip.embed_tokens(tokens)[0, 1 : 1 + n_init].detach().clone().float()
         return vectors, text
-    if n_ctx < 1:
-        raise ValueError(f"method.n_ctx={n_ctx}: need at least one context vector (or set method.ctx_init).")
     vectors = torch.empty(n_ctx, clip.ctx_dim)
     nn.init.normal_(vectors, std=0.02, generator=generator)
     return vectors, " ".join(["X"] * n_ctx)
@@ -44,7 +52,7 @@ def class_token_permutation(position: str, n_ctx: int, name_lens: list[int], len
     the EOT index of the tokenised "end" prompt stays valid.
     """
     if position not in CLASS_TOKEN_POSITIONS:
-        raise ValueError(f"class_token_position={position!r}; expected one of {CLASS_TOKEN_POSITIONS}.")
+        raise ConfigError(f"class_token_position={position!r}; expected one of {CLASS_TOKEN_POSITIONS}.")
     if position == "end":
         return None
     rows = []
@@ -79,17 +87,17 @@ class CoOpPrompts(PromptLearner):
         vectors, self.ctx_text = init_context(clip, n_ctx, ctx_init, generator)
         self.n_ctx = vectors.shape[0]
         self.csc = csc
+        class_token_position = str(getattr(class_token_position, "value", class_token_position))  # Enum from configs
         if class_token_position not in CLASS_TOKEN_POSITIONS:
-            raise ValueError(
-                f"method.class_token_position={class_token_position!r}; expected one of {CLASS_TOKEN_POSITIONS}."
-            )
+            raise ConfigError(f"method.learner.class_token_position={class_token_position!r}; expected one of "
+                              f"{CLASS_TOKEN_POSITIONS}.")
         self.class_token_position = class_token_position
         if csc:
             if not num_classes:
                 raise ValueError("Class-specific context (csc=true) needs the number of training classes.")
             if ctx_init:
                 # The reference silently falls back to a unified context when ctx_init is set; we give
-                # every class its own copy of the init words instead (documented in conf/method/coop.yaml).
+                # every class its own copy of the init words instead (documented in promptlab/conf/method/coop.yaml).
                 vectors = vectors.unsqueeze(0).repeat(num_classes, 1, 1)
             else:
                 vectors = torch.empty(num_classes, self.n_ctx, clip.ctx_dim)
@@ -98,10 +106,10 @@ class CoOpPrompts(PromptLearner):
 
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
         if self.csc and len(classnames) != self.ctx.shape[0]:
-            raise ValueError(
+            raise ConfigError(
                 f"Class-specific context (csc=true) was learned for {self.ctx.shape[0]} classes and cannot be "
                 f"evaluated on another class list ({len(classnames)} classes: novel classes or another dataset). "
-                "Use method.csc=false for base-to-novel and cross-dataset protocols, or protocol=fewshot."
+                "Use method.learner.csc=false for base-to-novel and cross-dataset protocols, or protocol=fewshot."
             )
         prompts = tokenize_prompts(clip, self.ctx_text, self.n_ctx, classnames)
         self.classnames = list(classnames)

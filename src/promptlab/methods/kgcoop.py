@@ -13,8 +13,16 @@ from promptlab.models.frozen import FrozenCLIP
 
 
 class KgCoOpPrompts(CoOpPrompts):
-    def __init__(self, clip: FrozenCLIP, templates: list[str], kg_weight: float = 8.0, **coop_kwargs) -> None:
-        super().__init__(clip, **coop_kwargs)
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        templates: list[str],
+        kg_weight: float = 8.0,
+        n_ctx: int = 4,
+        ctx_init: str | None = "a photo of a",
+        **coop_kwargs,
+    ) -> None:
+        super().__init__(clip, n_ctx=n_ctx, ctx_init=ctx_init, **coop_kwargs)
         self.templates = list(templates)
         self.kg_weight = kg_weight
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from promptlab.errors import ConfigError
 from promptlab.methods.base import PromptLearner
 from promptlab.models.frozen import FrozenCLIP
 
@@ -12,10 +13,10 @@ from promptlab.models.frozen import FrozenCLIP
 def template_embeddings(clip: FrozenCLIP, templates: list[str], classnames: list[str]) -> torch.Tensor:
     """Normalised class embeddings [C, D] from one template, or the normalised mean over an ensemble."""
     if not templates:
-        raise ValueError("No zero-shot template given: set dataset.templates or method.templates.")
+        raise ConfigError("No zero-shot template given: set dataset.templates (or method.learner.templates).")
     for template in templates:
         if "{}" not in template:
-            raise ValueError(f"Template {template!r} has no '{{}}' placeholder for the class name.")
+            raise ConfigError(f"Template {template!r} has no '{{}}' placeholder for the class name.")
     names = [name.replace("_", " ") for name in classnames]
     per_template = torch.stack([clip.encode_text([t.format(n) for n in names]) for t in templates])
     # Ensembling as in CLIP's ImageNet notebook: average the normalised embeddings, renormalise.

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptlab.errors import ConfigError
 from promptlab.models.shared_prefix import encode_shared_prefix, supports_shared_prefix
 
 
@@ -25,14 +26,14 @@ def encode_text_embeddings(
 
     With `truncate`, only the first L = max(EOT) + 1 positions run: the transformer is causal, so the
     feature at EOT depends only on the tokens before it, and slicing the positional embedding and the
-    mask to L gives the same features at a fraction of the cost (DESIGN.md section 6).
+    mask to L gives the same features at a fraction of the cost (docs/reference.md, "Text-encoder truncation").
     """
     length = embeddings.shape[1]
     if truncate:
         length = min(length, int(eot_index.max()) + 1)
     cast_dtype = model.transformer.get_cast_dtype()
     x = embeddings[:, :length].to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
-    # Without the causal mask the attention silently becomes bidirectional (DESIGN.md section 5).
+    # Without the causal mask the attention silently becomes bidirectional (docs/reference.md, "Pitfalls").
     attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
     x = model.transformer(x, attn_mask=attn_mask)
     x = model.ln_final(x)
@@ -49,7 +50,7 @@ class FrozenCLIP(nn.Module):
     ) -> None:
         super().__init__()
         if not hasattr(model, "token_embedding") or not hasattr(model, "transformer"):
-            raise ValueError(
+            raise ConfigError(  # the user picked the model (model.name)
                 f"{type(model).__name__} has no built-in text transformer (token_embedding/transformer); "
                 "promptlab supports open_clip CLIP models with the standard text tower "
                 "(ViT-*/RN* configs, not hf-text or CoCa models)."
@@ -60,7 +61,8 @@ class FrozenCLIP(nn.Module):
         self.checkpoint_id = checkpoint_id
         # The text transformer is causal, so the feature at the EOT position depends only on the tokens
         # before it: running the first L = max(EOT)+1 positions instead of all 77 gives the same
-        # features at a fraction of the cost (DESIGN.md section 6). False reproduces the reference.
+        # features at a fraction of the cost (docs/reference.md, "Text-encoder truncation"). False reproduces
+        # the reference.
         self.truncate_text = truncate_text
         # Prompts that start with the same tokens (CoOp's [SOS, context], one image's CoCoOp context) compute
         # those positions once (shared_prefix.py); exact, and False runs every prompt in full.

@@ -2,7 +2,7 @@
 
 Supported sources (the `model` config group):
 - `name` + `pretrained=<tag>`: open_clip's registry (e.g. ViT-B-16 + openai); needs network or the
-  Hugging Face cache. OpenAI weights need QuickGELU (`quick_gelu: true`, DESIGN.md section 5).
+  Hugging Face cache. OpenAI weights need QuickGELU (`quick_gelu: true`; docs/reference.md, "Pitfalls").
 - `name` + `pretrained=<file>`: an open_clip-format state dict for that architecture.
 - `checkpoint=<file>`: an OpenAI-format file (the JIT archive the CLIP repo downloads, or a plain
   state dict); the architecture is inferred from tensor shapes, so no name is needed.
@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import socket
 from pathlib import Path
 
 import open_clip
 import torch
 
+from promptlab.errors import ClipLoadError  # re-exported: promptlab.models.loading.ClipLoadError
 from promptlab.models.frozen import FrozenCLIP
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "toy" / "assets"
 BUILTIN_CHECKPOINTS = {"toyclip": ASSETS_DIR / "toyclip.pt"}
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class ClipLoadError(RuntimeError):
-    """The requested CLIP weights cannot be loaded; the message says what to pass instead."""
 
 
 def resolve_checkpoint(checkpoint: str) -> Path:
@@ -63,8 +61,21 @@ def _is_openai_format(path: Path) -> bool:
         with zipfile.ZipFile(path) as archive:
             if any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist()):
                 return True
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:
+        # A file the user named that is no (or a truncated) PyTorch file. torch's own message for it is a
+        # long text about weights_only, which is not what needs fixing: keep only short messages.
+        first = (str(err).strip().splitlines() or [""])[0]
+        reason = f"{type(err).__name__}: {first}" if first and len(first) <= 100 else type(err).__name__
+        raise ClipLoadError(
+            f"{path} cannot be read as a PyTorch checkpoint ({reason}). model.checkpoint takes an OpenAI-format "
+            "file (e.g. ViT-B-16.pt of the CLIP repository); for an open_clip-format file (.bin, .safetensors) "
+            "set model.name and pass the file as model.pretrained=<path>."
+        ) from err
+    if not isinstance(state, dict):
+        raise ClipLoadError(f"{path} holds a {type(state).__name__}, not a state dict; pass a CLIP checkpoint.")
+    if "state_dict" in state:
         state = state["state_dict"]
     keys = {k.removeprefix("module.") for k in state}
     return "text_projection" in keys and ("visual.proj" in keys or "visual.attnpool.positional_embedding" in keys)

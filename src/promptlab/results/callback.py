@@ -54,7 +54,7 @@ class AggregateOnMultirunEnd(Callback):
 
     def aggregate_sweep(self, config: DictConfig) -> None:
         """Write the tables of config.hydra.sweep.dir into it; log them to W&B if configured. Never raises."""
-        from promptlab.results.cli import NoCompleteRecordsError, aggregate_runs, report
+        from promptlab.results.aggregate import NoCompleteRecordsError, aggregate_runs
 
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -66,7 +66,7 @@ class AggregateOnMultirunEnd(Callback):
             log.exception("promptlab: aggregating the sweep failed: %s", exc)
             return
         if not self.quiet:
-            report(result)
+            result.report()
         settings = wandb_settings(config) if self.log_to_wandb else None
         if settings is None:
             return

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from promptlab.io import atomic_write_bytes
 from promptlab.results.table import BASE2NOVEL, Cell, ResultTable
 
 _DPI = 150
@@ -34,10 +36,11 @@ def _new_figure(n_groups: int, n_bars_per_group: int) -> tuple[Figure, Axes]:
 
 def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=_DPI)
-    return path
+    # Rendered in memory, then replaced atomically: a W&B upload or a reader never gets half a PNG.
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=_DPI, format=path.suffix.lstrip(".") or "png")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _tick_style(labels: list[str]) -> dict[str, object]:

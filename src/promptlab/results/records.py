@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from promptlab.errors import MissingPathError, RecordError  # RecordError re-exported from here
+from promptlab.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,6 @@ _VERSIONED_PACKAGES = {
     "hydra": "hydra-core",
     "numpy": "numpy",
 }
-
-
-class RecordError(ValueError):
-    """A metrics.json that exists but cannot be used (invalid JSON, wrong schema, missing keys)."""
 
 
 # --------------------------------------------------------------------------- building records
@@ -226,36 +224,13 @@ def _drop_path(node: dict[str, Any], parts: list[str]) -> None:
 def write_record(run_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> Path:
     """Write `record` to `<run_dir>/metrics.json` atomically and return the file's path.
 
-    The JSON goes to a temporary file in the same directory (same file system), is fsynced, then
-    renamed over the target with os.replace: a reader (or a resume after a kill) sees either the old
-    or the new record, never a half-written one.
+    Written with `promptlab.io.atomic_write_json` (temporary file in the same directory, fsync,
+    os.replace): a reader (or a resume after a kill) sees either the old or the new record, never a
+    half-written one; a value JSON cannot encode raises before anything is written. The file's mode
+    follows the umask (records are meant to be shared).
     """
     _check_status(record.get("status"))
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Serialise before touching the disk so an unserialisable value leaves nothing behind.
-    text = json.dumps(record, indent=2, default=_json_default) + "\n"
-    target = run_dir / RECORD_FILENAME
-    fd, tmp_name = tempfile.mkstemp(dir=run_dir, prefix=f".{RECORD_FILENAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; records are meant to be shared
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    return str(value)
+    return atomic_write_json(Path(run_dir) / RECORD_FILENAME, record, indent=2)
 
 
 def record_path(path_or_dir: str | os.PathLike[str]) -> Path:
@@ -347,7 +322,7 @@ def scan_records(paths: Iterable[str | os.PathLike[str]]) -> RecordScan:
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{path} does not exist; pass a run directory, a sweep directory or a parent of them."
             )
         found = [path] if path.is_file() else sorted(path.rglob(RECORD_FILENAME))

@@ -8,14 +8,20 @@ Aggregation rules (the same as the papers' tables, so numbers can be compared wi
   ``epochs`` per dataset) are shown as columns without splitting. ``seed`` is the replicate axis.
 - A cell is "mean ± std" over the row's runs (seeds), std being the population standard deviation
   (ddof=0, numpy.std's default), as CoOp's ``parse_test_res.py`` reports it.
+What differs between protocols comes from the protocol object (``promptlab.protocols``): its value
+columns, how a record's values are read, and how an Average row is made:
+
 - base2novel: the HM column is the mean (± std) of the per-seed harmonic means. The "Average" row of
   a method averages the per-dataset means of base and of novel, and its HM is
   ``harmonic_mean(average base, average novel)``, as the CoCoOp and KgCoOp tables compute it
-  (DESIGN.md section 3); it is not the mean of the per-dataset HMs.
+  (docs/reference.md, "Evaluation"); it is not the mean of the per-dataset HMs.
 - fewshot: one accuracy column; the "Average" row is the mean of the per-dataset means.
 - cross_dataset / domain_generalization: columns source, each target, target average (the mean of
-  the per-seed ``target_mean_acc``).
+  the per-seed ``target_mean_acc``); no Average rows.
 Average rows are added when a table has at least two datasets.
+
+A `ResultTable` renders itself (``to_markdown``, ``to_csv``, ``to_latex``) and hands its numbers out as
+plain data (``to_records``, ``to_pandas``).
 """
 
 from __future__ import annotations
@@ -25,19 +31,16 @@ import io
 import json
 import logging
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptlab.results.metrics import harmonic_mean
+from promptlab.protocols import PROTOCOLS, MissingMetricError, Protocol, table_protocol
 
 log = logging.getLogger(__name__)
 
-BASE2NOVEL = "base2novel"
-FEWSHOT = "fewshot"
-CROSS_DATASET = "cross_dataset"
-DOMAIN_GENERALIZATION = "domain_generalization"
-PROTOCOL_ORDER = (BASE2NOVEL, FEWSHOT, CROSS_DATASET, DOMAIN_GENERALIZATION)
+BASE2NOVEL, FEWSHOT, CROSS_DATASET, DOMAIN_GENERALIZATION = PROTOCOLS
+PROTOCOL_ORDER = PROTOCOLS
 
 AVERAGE = "Average"
 
@@ -59,10 +62,8 @@ _DATASET_ORDER = (
     "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
     "imagenet_v2", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r",
 )
-_TITLES = {
-    "dataset": "Dataset", "method": "Method", "base": "Base", "novel": "Novel", "hm": "HM",
-    "acc": "Acc.", "source": "Source", "target_mean": "Target avg.",
-}
+# Titles of the label columns; value columns take theirs from the protocol (ResultTable.titles).
+_TITLES = {"dataset": "Dataset", "method": "Method"}
 STD_NOTE = "mean ± std over seeds; std is the population std (ddof=0), as CoOp's parse_test_res.py."
 
 
@@ -71,10 +72,14 @@ STD_NOTE = "mean ± std over seeds; std is the population std (ddof=0), as CoOp'
 
 @dataclass(frozen=True)
 class Cell:
-    """One value: the mean over runs with its population std, or a derived number (std None)."""
+    """One value: the mean over runs with its population std, or a derived number (std None).
+
+    `n`: how many numbers the mean is over: runs for a dataset row, per-dataset means for an Average row.
+    """
 
     mean: float
     std: float | None = None
+    n: int | None = None
 
     def text(self, digits: int = 2, pm: str = "±") -> str:
         if self.std is None:
@@ -82,12 +87,22 @@ class Cell:
         return f"{self.mean:.{digits}f} {pm} {self.std:.{digits}f}"
 
 
+@dataclass(frozen=True)
+class RunValues:
+    """The numbers one run (record) contributed to a row, with its seed and run dir."""
+
+    seed: Any
+    run_dir: str | None
+    values: dict[str, float]
+
+
 @dataclass
 class Row:
     """A table row. `keys` holds the raw summary values, `labels` the text shown for them.
 
     `n_seeds` has one entry per group behind the row: one for a dataset row, one per dataset for an
-    Average row.
+    Average row. `runs` lists what each run of a dataset row contributed, in record order (empty for
+    Average rows), for per-seed comparisons the cells' mean and std cannot give.
     """
 
     keys: dict[str, Any]
@@ -95,6 +110,7 @@ class Row:
     cells: dict[str, Cell | None]
     n_seeds: tuple[int, ...]
     is_average: bool = False
+    runs: list[RunValues] = field(default_factory=list)
 
     @property
     def seeds_text(self) -> str:
@@ -164,67 +180,89 @@ class ResultTable:
         parts += [f"{self.title_of(c)}={row.labels.get(c, '')}" for c in self.series_columns[1:]]
         return ", ".join(parts)
 
+    # ----------------------------------------------------------------- renderers and plain data
+    def to_markdown(self, digits: int = 2, with_notes: bool = True) -> str:
+        """A GitHub-flavoured markdown table, preceded by the protocol name and followed by its notes."""
+        header = self.header()
+        lines = [f"## {self.protocol}", ""]
+        lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
+        n_labels = len(self.label_columns)
+        lines.append("|" + "|".join(":---" if i < n_labels else "---:" for i in range(len(header))) + "|")
+        for cells in self.text_rows(digits):
+            lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+        if with_notes and self.notes:
+            lines.append("")
+            lines += [f"- {_md_escape(note)}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        """CSV with separate mean and std columns (see `tabular`)."""
+        columns, data = self.tabular()
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if v is None else v for v in row] for row in data])
+        return buffer.getvalue()
+
+    def to_latex(self, digits: int = 2) -> str:
+        """A booktabs `tabular` (needs \\usepackage{booktabs}); Average rows follow a \\midrule."""
+        n_labels = len(self.label_columns)
+        spec = "l" * n_labels + "r" * (len(self.value_columns) + 1)
+        lines = [f"% promptlab {latex_escape(self.protocol)} table; {latex_escape(STD_NOTE)}"]
+        lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+        lines.append(" & ".join(latex_escape(h) for h in self.header()) + r" \\")
+        lines.append(r"\midrule")
+        previous_average = False
+        for row, cells in zip(self.rows, self.text_rows(digits, pm="$\\pm$"), strict=True):
+            if row.is_average and not previous_average:
+                lines.append(r"\midrule")
+            previous_average = row.is_average
+            escaped = [latex_escape(c) for c in cells[:n_labels]] + [
+                c if "$\\pm$" in c else latex_escape(c) for c in cells[n_labels:]
+            ]
+            lines.append(" & ".join(escaped) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+    def record_columns(self) -> list[str]:
+        """The keys of every `to_records` dict, in order."""
+        columns = [*self.label_columns, "is_average"]
+        for col in self.value_columns:
+            columns += [f"{col}_mean", f"{col}_std", f"{col}_n"]
+        return [*columns, "n_runs"]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One plain dict per row (JSON-ready, unrounded): the label columns' raw summary values (dataset
+        "Average" on Average rows), is_average, `<col>_mean` / `<col>_std` / `<col>_n` per value column
+        (None when missing; std None for derived numbers such as the Average rows'), and n_runs, the runs
+        behind the row."""
+        records = []
+        for row in self.rows:
+            record: dict[str, Any] = {c: row.keys.get(c) for c in self.label_columns}
+            record["is_average"] = row.is_average
+            for col in self.value_columns:
+                cell = row.cells.get(col)
+                record[f"{col}_mean"] = None if cell is None else cell.mean
+                record[f"{col}_std"] = None if cell is None else cell.std
+                record[f"{col}_n"] = None if cell is None else cell.n
+            record["n_runs"] = sum(row.n_seeds)
+            records.append(record)
+        return records
+
+    def to_pandas(self) -> Any:
+        """The `to_records` rows as a pandas DataFrame (pandas is optional: imported only here)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError(
+                "ResultTable.to_pandas needs pandas, which is not installed: pip install pandas "
+                "(or use to_records() for plain dicts)."
+            ) from exc
+        return pd.DataFrame.from_records(self.to_records(), columns=self.record_columns())
+
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-# --------------------------------------------------------------------------- per-protocol values
-
-
-class _MissingMetric(KeyError):
-    pass
-
-
-def _metric(record: dict[str, Any], key: str) -> float:
-    value = record["metrics"].get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise _MissingMetric(f"metric {key!r} missing or not a number")
-    return float(value)
-
-
-def _base2novel_values(record: dict[str, Any]) -> dict[str, float]:
-    base, novel = _metric(record, "base_acc"), _metric(record, "novel_acc")
-    # Recomputed, not read from metrics["hm"], so every HM in a table comes from the one formula.
-    return {"base": base, "novel": novel, "hm": harmonic_mean(base, novel)}
-
-
-def _fewshot_values(record: dict[str, Any]) -> dict[str, float]:
-    return {"acc": _metric(record, "acc")}
-
-
-def _transfer_datasets(record: dict[str, Any]) -> tuple[str, list[str]]:
-    """(source, targets) of a cross-dataset / domain-generalisation record: evaluations, source first."""
-    names = [str(e["dataset"]) for e in record.get("evaluations", []) if "dataset" in e]
-    source = str(record["summary"].get("dataset", names[0] if names else "?"))
-    return source, [n for n in names if n != source]
-
-
-def _transfer_values(record: dict[str, Any]) -> dict[str, float]:
-    source, targets = _transfer_datasets(record)
-    values = {"source": _metric(record, f"{source}_acc")}
-    for target in targets:
-        values[target] = _metric(record, f"{target}_acc")
-    if "target_mean_acc" in record["metrics"]:
-        values["target_mean"] = _metric(record, "target_mean_acc")
-    elif targets:
-        values["target_mean"] = statistics.fmean(values[t] for t in targets)
-    return values
-
-
-def _generic_values(record: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v) for k, v in record["metrics"].items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
-_VALUE_FUNCTIONS: dict[str, Callable[[dict[str, Any]], dict[str, float]]] = {
-    BASE2NOVEL: _base2novel_values,
-    FEWSHOT: _fewshot_values,
-    CROSS_DATASET: _transfer_values,
-    DOMAIN_GENERALIZATION: _transfer_values,
-}
 
 
 # --------------------------------------------------------------------------- building
@@ -232,6 +270,8 @@ _VALUE_FUNCTIONS: dict[str, Callable[[dict[str, Any]], dict[str, float]]] = {
 
 def build_tables(records: Iterable[dict[str, Any]], ignore_keys: Iterable[str] = ()) -> list[ResultTable]:
     """One table per protocol found in the (complete) records, in PROTOCOL_ORDER then A-Z.
+
+    Raises ValueError when no protocol's records have the metrics its table needs.
 
     `ignore_keys`: extra summary keys that must not become columns (per-run bookkeeping).
     """
@@ -252,17 +292,28 @@ def build_tables(records: Iterable[dict[str, Any]], ignore_keys: Iterable[str] =
 
 
 def build_table(
-    records: Sequence[dict[str, Any]], protocol: str, ignore_keys: Iterable[str] = ()
+    records: Sequence[dict[str, Any]],
+    protocol: str,
+    ignore_keys: Iterable[str] = (),
+    *,
+    split_by: Sequence[str] = (),
+    extra_metrics: Sequence[str] = (),
 ) -> ResultTable:
-    """The table of one protocol (see the module docstring for the rules)."""
-    value_fn = _VALUE_FUNCTIONS.get(protocol, _generic_values)
+    """The table of one protocol (see the module docstring for the rules).
+
+    `split_by`: summary keys that split rows (and are label columns) even where they do not vary within a
+    (dataset, method) pair. `extra_metrics`: record metrics shown as extra value columns after the
+    protocol's own, mean ± std over the runs that have them (a run without them still counts elsewhere).
+    Raises ValueError when no record has the metrics the protocol's table needs.
+    """
+    proto = table_protocol(protocol)
     notes = [STD_NOTE]
     usable, values = [], []
     for record in records:
         try:
-            values.append(value_fn(record))
+            values.append(_record_values(proto, record, extra_metrics))
             usable.append(record)
-        except _MissingMetric as exc:
+        except MissingMetricError as exc:
             notes.append(f"skipped {record.get('run_dir', '?')}: {exc.args[0]}")
     if not usable:
         raise ValueError(f"no {protocol} record has the metrics this table needs: {'; '.join(notes[1:])}")
@@ -271,7 +322,8 @@ def build_table(
     # A summary key becomes a column only when it splits rows: it varies within one (dataset, method)
     # pair (shots 1 vs 16, n_ctx 4 vs 16, spurious 0 vs 1). Keys that only differ between methods
     # (each method's own lr or epochs) describe the method, not an experimental axis.
-    split_keys = [k for k in _varying_keys([r["summary"] for r in usable], skip) if _varies_within_pairs(usable, k)]
+    varying = _varying_keys([r["summary"] for r in usable], skip)
+    split_keys = _key_ordered({k for k in varying if _varies_within_pairs(usable, k)} | set(split_by))
     extra_keys = split_keys
     if split_keys:
         notes.append("rows split by the summary keys that vary within a dataset and method: " + ", ".join(split_keys))
@@ -282,21 +334,18 @@ def build_table(
         group_key = (s.get("dataset"), s.get("method"), *(_freeze(s.get(k)) for k in split_keys))
         groups.setdefault(group_key, []).append(i)
 
-    value_columns = _value_columns(protocol, values)
+    value_columns = list(proto.value_columns(values))
+    value_columns += [m for m in extra_metrics if m not in value_columns]
     rows = []
     for group_key in sorted(groups, key=_row_sort_key):
         members = groups[group_key]
         rows.append(_group_row([usable[i] for i in members], [values[i] for i in members],
                                extra_keys, value_columns, notes))
 
-    if protocol in (BASE2NOVEL, FEWSHOT):
-        rows += _average_rows(protocol, rows, extra_keys, split_keys, notes)
-        if protocol == BASE2NOVEL:
-            notes.append(
-                "HM column: mean of the per-seed HMs. Average rows: base and novel are the means of the "
-                "per-dataset means; HM = harmonic mean of those two averages."
-            )
-    titles = {c: c for c in value_columns if c not in _TITLES}
+    if proto.average_rows:
+        rows += _average_rows(proto, rows, extra_keys, split_keys, value_columns, notes)
+    notes += proto.table_notes
+    titles = {c: proto.column_titles.get(c, c) for c in value_columns}
     label_columns = ["dataset", "method", *extra_keys]
     return ResultTable(protocol, label_columns, value_columns, rows, titles, notes, split_keys)
 
@@ -306,10 +355,22 @@ def _freeze(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
 
 
+def _record_values(proto: Protocol, record: dict[str, Any], extra_metrics: Sequence[str]) -> dict[str, float]:
+    values = proto.values(record)
+    for key in extra_metrics:
+        value = record["metrics"].get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values.setdefault(key, float(value))
+    return values
+
+
+def _key_ordered(keys: Iterable[str]) -> list[str]:
+    return sorted(keys, key=lambda k: (_KEY_ORDER.index(k) if k in _KEY_ORDER else len(_KEY_ORDER), k))
+
+
 def _varying_keys(summaries: Sequence[dict[str, Any]], skip: frozenset[str] | set[str]) -> list[str]:
     keys = {k for s in summaries for k in s} - set(skip)
-    varying = [k for k in keys if len({_freeze(s.get(k)) for s in summaries}) > 1]
-    return sorted(varying, key=lambda k: (_KEY_ORDER.index(k) if k in _KEY_ORDER else len(_KEY_ORDER), k))
+    return _key_ordered(k for k in keys if len({_freeze(s.get(k)) for s in summaries}) > 1)
 
 
 def _varies_within_pairs(records: Sequence[dict[str, Any]], key: str) -> bool:
@@ -320,20 +381,6 @@ def _varies_within_pairs(records: Sequence[dict[str, Any]], key: str) -> bool:
         if seen.setdefault(pair, value) != value:
             return True
     return False
-
-
-def _value_columns(protocol: str, values: Sequence[dict[str, float]]) -> list[str]:
-    if protocol == BASE2NOVEL:
-        return ["base", "novel", "hm"]
-    if protocol == FEWSHOT:
-        return ["acc"]
-    columns: dict[str, None] = {}
-    for v in values:
-        columns.update(dict.fromkeys(v))
-    if "target_mean" in columns:  # the summary column goes last, after every target
-        columns.pop("target_mean")
-        columns["target_mean"] = None
-    return list(columns)
 
 
 def _order_value(value: Any) -> tuple[int, Any]:
@@ -382,12 +429,18 @@ def _group_row(
         present = [v[col] for v in values if col in v]
         if len(present) not in (0, len(values)):
             notes.append(f"{where}: {col} measured in {len(present)} of {len(values)} runs only.")
-        cells[col] = Cell(statistics.fmean(present), statistics.pstdev(present)) if present else None
-    return Row(keys, labels, cells, (len(records),))
+        cells[col] = Cell(statistics.fmean(present), statistics.pstdev(present), len(present)) if present else None
+    runs = [RunValues(r["summary"].get("seed"), r.get("run_dir"), v) for r, v in zip(records, values, strict=True)]
+    return Row(keys, labels, cells, (len(records),), runs=runs)
 
 
 def _average_rows(
-    protocol: str, rows: list[Row], extra_keys: list[str], split_keys: list[str], notes: list[str]
+    proto: Protocol,
+    rows: list[Row],
+    extra_keys: list[str],
+    split_keys: list[str],
+    value_columns: list[str],
+    notes: list[str],
 ) -> list[Row]:
     """One Average row per method (and split-key values) over the datasets that have it."""
     datasets = list(dict.fromkeys(r.keys["dataset"] for r in rows))
@@ -403,7 +456,7 @@ def _average_rows(
         label = AVERAGE if len(members) == len(datasets) else f"{AVERAGE} ({len(members)} of {len(datasets)})"
         if len(members) < len(datasets):
             notes.append(f"{label} row of {members[0].labels['method']}: some datasets have no runs of it.")
-        cells = _average_cells(protocol, members)
+        cells = _average_cells(proto, members, value_columns)
         keys = {**members[0].keys, "dataset": AVERAGE}
         labels = {**members[0].labels, "dataset": label}
         for k in extra_keys:  # show a key only when every averaged row agrees on it
@@ -413,36 +466,24 @@ def _average_rows(
     return averages
 
 
-def _average_cells(protocol: str, members: list[Row]) -> dict[str, Cell | None]:
-    def mean_of(col: str) -> float | None:
-        means = [m.cells[col].mean for m in members if m.cells.get(col) is not None]  # type: ignore[union-attr]
-        return statistics.fmean(means) if len(means) == len(members) else None
-
-    if protocol == BASE2NOVEL:
-        base, novel = mean_of("base"), mean_of("novel")
-        if base is None or novel is None:
-            return {"base": None, "novel": None, "hm": None}
-        return {"base": Cell(base), "novel": Cell(novel), "hm": Cell(harmonic_mean(base, novel))}
-    acc = mean_of("acc")
-    return {"acc": None if acc is None else Cell(acc)}
+def _average_cells(proto: Protocol, members: list[Row], value_columns: list[str]) -> dict[str, Cell | None]:
+    # The protocol sees the per-dataset means of the columns every averaged row has; it decides what the
+    # Average row shows (base2novel: HM of the averaged base and novel, not the mean of the HMs).
+    means: dict[str, list[float]] = {}
+    for col in value_columns:
+        cells = [m.cells.get(col) for m in members]
+        if all(c is not None for c in cells):
+            means[col] = [c.mean for c in cells]  # type: ignore[union-attr]
+    numbers: Mapping[str, float] = proto.average(means)
+    return {c: Cell(numbers[c], None, len(members)) if c in numbers else None for c in value_columns}
 
 
 # --------------------------------------------------------------------------- renderers
 
 
 def to_markdown(table: ResultTable, digits: int = 2, with_notes: bool = True) -> str:
-    """A GitHub-flavoured markdown table, preceded by the protocol name and followed by its notes."""
-    header = table.header()
-    lines = [f"## {table.protocol}", ""]
-    lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
-    n_labels = len(table.label_columns)
-    lines.append("|" + "|".join(":---" if i < n_labels else "---:" for i in range(len(header))) + "|")
-    for cells in table.text_rows(digits):
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    if with_notes and table.notes:
-        lines.append("")
-        lines += [f"- {_md_escape(note)}" for note in table.notes]
-    return "\n".join(lines) + "\n"
+    """`ResultTable.to_markdown`."""
+    return table.to_markdown(digits, with_notes)
 
 
 def _md_escape(text: str) -> str:
@@ -450,13 +491,8 @@ def _md_escape(text: str) -> str:
 
 
 def to_csv(table: ResultTable) -> str:
-    """CSV with separate mean and std columns (see `ResultTable.tabular`)."""
-    columns, data = table.tabular()
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([["" if v is None else v for v in row] for row in data])
-    return buffer.getvalue()
+    """`ResultTable.to_csv`."""
+    return table.to_csv()
 
 
 _LATEX_SPECIALS = {
@@ -471,24 +507,8 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(table: ResultTable, digits: int = 2) -> str:
-    """A booktabs `tabular` (needs \\usepackage{booktabs}); Average rows follow a \\midrule."""
-    n_labels = len(table.label_columns)
-    spec = "l" * n_labels + "r" * (len(table.value_columns) + 1)
-    lines = [f"% promptlab {latex_escape(table.protocol)} table; {latex_escape(STD_NOTE)}"]
-    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
-    lines.append(" & ".join(latex_escape(h) for h in table.header()) + r" \\")
-    lines.append(r"\midrule")
-    previous_average = False
-    for row, cells in zip(table.rows, table.text_rows(digits, pm="$\\pm$"), strict=True):
-        if row.is_average and not previous_average:
-            lines.append(r"\midrule")
-        previous_average = row.is_average
-        escaped = [latex_escape(c) for c in cells[:n_labels]] + [
-            c if "$\\pm$" in c else latex_escape(c) for c in cells[n_labels:]
-        ]
-        lines.append(" & ".join(escaped) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    """`ResultTable.to_latex`."""
+    return table.to_latex(digits)
 
 
 def print_table(table: ResultTable, console: Any = None, digits: int = 2) -> None:

@@ -28,7 +28,7 @@ def log_tables_to_wandb(
     import wandb
 
     # A job that did not call wandb.finish() leaves its run open, and wandb.init would otherwise hand
-    # that run back (see DESIGN.md, pitfalls): close it so the tables land in a run of their own.
+    # that run back (docs/reference.md, "Pitfalls"): close it so the tables land in a run of their own.
     if wandb.run is not None:
         wandb.finish()
     run = wandb.init(

@@ -32,6 +32,9 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
 
+from promptlab.cli_errors import user_errors_in_hydra_job
+from promptlab.errors import ConfigError, MissingPathError
+from promptlab.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from promptlab.models.frozen import encode_text_embeddings
 from promptlab.models.loading import file_sha256
 from promptlab.toy import world as tw
@@ -67,9 +70,9 @@ class TinyClipArch:
         for name in ("vision_width", "text_width"):
             width = getattr(self, name)
             if width <= 0 or width % 64:
-                raise ValueError(f"{name}={width}; expected a positive multiple of 64 (heads = width // 64).")
+                raise ConfigError(f"{name}={width}; expected a positive multiple of 64 (heads = width // 64).")
         if self.image_size % self.patch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
                 f"choose a patch size that divides the image size."
             )
@@ -371,11 +374,7 @@ def save_openai_checkpoint(model: CLIP, path: Path) -> str:
     and open_clip.load_openai_model infers the architecture from the tensor shapes.
     """
     state = {name: t.detach().to(torch.float16).contiguous() for name, t in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    path = atomic_torch_save(state, path)  # equal weights give an equal file (and sha256)
     return file_sha256(path)
 
 
@@ -383,7 +382,7 @@ def load_toyclip(path: Path | None = None) -> CLIP:
     """Load a toyclip checkpoint (default: the committed asset) as an fp32 model on the CPU."""
     path = Path(path) if path is not None else ASSET_DIR / "toyclip.pt"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"No toyclip checkpoint at {path}; expected an OpenAI-format state dict written by "
             f"`python -m promptlab.toy.pretrain`. Run it, or pass the path of an existing checkpoint."
         )
@@ -391,13 +390,19 @@ def load_toyclip(path: Path | None = None) -> CLIP:
 
 
 def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
     import PIL
 
-    import promptlab
-
+    # The installed distribution's version, not `promptlab.__version__`: the package's __init__ sits in the
+    # top layer (public API), which this module must not import (tests/test_layers.py).
+    try:
+        promptlab_version = metadata.version("promptlab")
+    except metadata.PackageNotFoundError:
+        promptlab_version = "unknown"
     return {
         "python": platform.python_version(),
-        "promptlab": promptlab.__version__,
+        "promptlab": promptlab_version,
         "torch": torch.__version__,
         "open_clip_torch": open_clip.__version__,
         "numpy": np.__version__,
@@ -474,8 +479,7 @@ def run_pretraining(cfg: Any, out_dir: Path, command: str) -> dict[str, Any]:
     _write_record(out_dir / "toyclip.json", record)
     if cfg.get("asset_dir"):
         asset_dir = Path(cfg.asset_dir)
-        asset_dir.mkdir(parents=True, exist_ok=True)
-        (asset_dir / "toyclip.pt").write_bytes(checkpoint.read_bytes())
+        atomic_write_bytes(asset_dir / "toyclip.pt", checkpoint.read_bytes())
         _write_record(asset_dir / "toyclip.json", record)
         log.info("installed the checkpoint into %s", asset_dir)
     log.info("zero-shot: %s", json.dumps(report))
@@ -483,7 +487,7 @@ def run_pretraining(cfg: Any, out_dir: Path, command: str) -> dict[str, Any]:
 
 
 def _write_record(path: Path, record: dict[str, Any]) -> None:
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(path, record, indent=2)
 
 
 def main() -> None:
@@ -493,9 +497,11 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pretrain")
     def _task(cfg: Any) -> None:
-        overrides = list(HydraConfig.get().overrides.task)
-        command = shlex.join(["python", "-m", "promptlab.toy.pretrain", *overrides])
-        run_pretraining(cfg, Path(HydraConfig.get().runtime.output_dir), command)
+        # Inside the task: hydra.main prints any exception that leaves it with a traceback.
+        with user_errors_in_hydra_job("promptlab-pretrain"):
+            overrides = list(HydraConfig.get().overrides.task)
+            command = shlex.join(["python", "-m", "promptlab.toy.pretrain", *overrides])
+            run_pretraining(cfg, Path(HydraConfig.get().runtime.output_dir), command)
 
     _task()
 

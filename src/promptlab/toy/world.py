@@ -5,7 +5,7 @@ size, rotation, colour jitter, background, gradient, stripes, noise). The downst
 splits its 6 x 6 classes like a checkerboard into base and novel halves, so that every colour and
 every shape word occurs in both halves. With `spurious` > 0 the base classes' images take the
 background and size tied to their shape word, a shortcut that a prompt learned on base classes can
-latch onto and then wrongly apply to novel names (the design "N1" measured in /work/shared/TOYWORLD.md).
+latch onto and then wrongly apply to novel names (docs/toyworld.md, "The spurious rule").
 
 Generation is a pure function of the spec: each image draws from its own numpy Generator seeded by
 (stream, seed, split, colour, shape, index), so the same spec gives byte-identical files.
@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,6 +26,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from promptlab.cli_errors import exit_on_user_error
+from promptlab.errors import ConfigError, PathConflictError
+from promptlab.io import atomic_write_json, make_shared_tempdir
 
 # Bump when the rendered pixels or the file layout change: an existing world on disk with another
 # version is then reported instead of silently mixed with new code.
@@ -115,7 +118,7 @@ def toy_classes(classes: str = "grid6") -> list[ToyClass]:
             (c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES)) if c >= GRID6_WORDS or s >= GRID6_WORDS
         ]
     else:
-        raise ValueError(f"Unknown toy world class set {classes!r}; expected one of {CLASS_SETS}.")
+        raise ConfigError(f"Unknown toy world class set {classes!r}; expected one of {CLASS_SETS}.")
     ordered = [ToyClass(c, s) for c, s in pairs]
     return [k for k in ordered if k.is_base] + [k for k in ordered if not k.is_base]
 
@@ -143,15 +146,15 @@ class ToyWorldSpec:
         for name in ("image_size", "train_per_class", "val_per_class", "test_per_class", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))
         if self.classes not in CLASS_SETS:
-            raise ValueError(f"ToyWorldSpec.classes={self.classes!r}; expected one of {CLASS_SETS}.")
+            raise ConfigError(f"ToyWorldSpec.classes={self.classes!r}; expected one of {CLASS_SETS}.")
         if self.image_size < 16 or self.image_size > 512:
-            raise ValueError(f"ToyWorldSpec.image_size={self.image_size}; expected 16..512 pixels.")
+            raise ConfigError(f"ToyWorldSpec.image_size={self.image_size}; expected 16..512 pixels.")
         for split in SPLITS:
             count = getattr(self, f"{split}_per_class")
             if count < 0:
-                raise ValueError(f"ToyWorldSpec.{split}_per_class={count}; expected a count >= 0.")
+                raise ConfigError(f"ToyWorldSpec.{split}_per_class={count}; expected a count >= 0.")
         if not 0.0 <= self.spurious <= 1.0:
-            raise ValueError(f"ToyWorldSpec.spurious={self.spurious}; expected a probability in [0, 1].")
+            raise ConfigError(f"ToyWorldSpec.spurious={self.spurious}; expected a probability in [0, 1].")
 
     def per_class(self, split: str) -> int:
         return int(getattr(self, f"{split}_per_class"))
@@ -161,7 +164,7 @@ class ToyWorldSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown toy world spec keys {unknown}; expected a subset of {sorted(known)}.")
+            raise ConfigError(f"Unknown toy world spec keys {unknown}; expected a subset of {sorted(known)}.")
         return cls(**values)
 
 
@@ -402,7 +405,7 @@ def _spec_record(spec: ToyWorldSpec) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_json(path, payload, indent=1, sort_keys=True)
 
 
 def ensure_toyworld(dataset_dir: Path, spec: ToyWorldSpec) -> Path:
@@ -422,7 +425,8 @@ def ensure_toyworld(dataset_dir: Path, spec: ToyWorldSpec) -> Path:
         try:
             if _existing_world_matches(dataset_dir, spec):  # another process generated it meanwhile
                 return dataset_dir
-            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.tmp-", dir=dataset_dir.parent))
+            # Not tempfile.mkdtemp: its 0700 would become the mode of the shared world after the rename.
+            tmp_dir = make_shared_tempdir(dataset_dir.parent, prefix=f".{dataset_dir.name}.tmp-")
             try:
                 write_world(tmp_dir, spec)
                 if dataset_dir.is_dir():  # empty (checked above): replace it
@@ -440,20 +444,25 @@ def _existing_world_matches(dataset_dir: Path, spec: ToyWorldSpec) -> bool:
     if not dataset_dir.exists():
         return False
     if not dataset_dir.is_dir():
-        raise FileExistsError(f"Toy world path {dataset_dir} exists but is not a directory; remove it.")
+        raise PathConflictError(f"Toy world path {dataset_dir} exists but is not a directory; remove it.")
     spec_path = dataset_dir / SPEC_FILE
     if not spec_path.exists():
         if not any(dataset_dir.iterdir()):
             return False
-        raise FileExistsError(
+        raise PathConflictError(
             f"{dataset_dir} is not empty but has no {SPEC_FILE}, so it is not a toy world generated by "
             f"promptlab; move it away or choose another dataset dir."
         )
-    found = json.loads(spec_path.read_text(encoding="utf-8"))
+    try:
+        found = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PathConflictError(
+            f"{spec_path} is not valid JSON ({err}); delete {dataset_dir} to regenerate the toy world."
+        ) from err
     wanted = json.loads(json.dumps(_spec_record(spec)))  # same JSON types as the file (floats, ints)
     if found != wanted:
         differences = _describe_differences(found, wanted)
-        raise FileExistsError(
+        raise PathConflictError(
             f"Toy world at {dataset_dir} does not match the requested one ({differences}). "
             f"Delete that directory to regenerate it, or point the dataset dir elsewhere "
             f"(each toy world spec needs its own directory)."
@@ -475,11 +484,18 @@ def _describe_differences(found: dict[str, Any], wanted: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------
 # CLI
 
+PROG = "promptlab-toyworld"
 
+
+@exit_on_user_error(PROG)
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console script `promptlab-toyworld`: write one toy world."""
+    """Console script `promptlab-toyworld`: write one toy world.
+
+    Bad option values are usage errors (exit status 2, with the usage line); a path that holds something
+    else is reported as one paragraph with exit status 1 (`exit_on_user_error`).
+    """
     defaults = ToyWorldSpec()
-    parser = argparse.ArgumentParser(description="Generate an offline toy world in the CoOp layout.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Generate an offline toy world in the CoOp layout.")
     parser.add_argument("--out", type=Path, required=True, help="directory of the world (created)")
     parser.add_argument("--classes", choices=CLASS_SETS, default=defaults.classes)
     parser.add_argument("--spurious", type=float, default=defaults.spurious)
@@ -499,9 +515,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             spurious=args.spurious,
             seed=args.seed,
         )
-        out = ensure_toyworld(args.out, spec)
-    except (ValueError, FileExistsError) as err:
-        parser.exit(2, f"error: {err}\n")
+    except ConfigError as err:
+        parser.error(str(err))
+    out = ensure_toyworld(args.out, spec)
     n_classes = len(toy_classes(spec.classes))
     print(f"Toy world {spec} ({n_classes} classes) at {out}")
 

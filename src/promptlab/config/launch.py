@@ -1,0 +1,35 @@
+"""The one list of launch-only keys: they say where a job writes, how it is watched or how fast it runs,
+never what it computes. The resume hash ignores them (a moved output folder or another worker count
+resumes every finished job) and the sweep's job folder names leave them out (a rerun with another
+worker count lands in the same folders).
+"""
+
+from __future__ import annotations
+
+LAUNCH_KEYS: tuple[str, ...] = (
+    "hydra",  # Hydra's runtime node, if present
+    "paths.output_dir",
+    "paths.cache_dir",
+    "paths.data_root",  # the same data under another root gives the same results
+    "loader.num_workers",
+    "loader.pin_memory",
+    "trainer.enable_progress_bar",
+    "num_threads",
+    "analysis",
+    "logger",
+    "eval_cache",
+    "sweep_name",
+    "resume",
+    "launcher",
+    "hydra.launcher.n_jobs",
+)
+
+
+def is_launch_key(key: str) -> bool:
+    """True for a launch-only key or anything below one (`logger.wandb.tags` is under `logger`)."""
+    return any(key == k or key.startswith(k + ".") for k in LAUNCH_KEYS)
+
+
+def override_dirname_excludes() -> list[str]:
+    """Hydra's `override_dirname.exclude_keys` (it matches whole override keys, so list them as they are)."""
+    return list(LAUNCH_KEYS)

@@ -1,0 +1,118 @@
+"""Registering the schemas with Hydra's ConfigStore, the resolvers the YAML files use, and `compose`.
+
+The YAML files of a group extend their schema: `conf/method/coop.yaml` starts with
+`- /schema/method@_here_: coop`, the logger files with `- /schema/logger@<name>: <name>`; the root
+`train.yaml` starts with `train_schema`, whose typed fields check model, dataset, protocol, trainer,
+paths and loader. The optimiser is a group of schemas only (`optimizer=sgd|adamw`), placed at
+method.optim.optimizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from promptlab.config import schema
+from promptlab.config.launch import is_launch_key
+
+#: Hydra's package config path of the configs shipped inside promptlab.
+CONFIG_PACKAGE = "pkg://promptlab.conf"
+
+_registered = False
+
+
+def safe_dirname(text: str) -> str:
+    """A folder name for a job's overrides, safe on every file system (long names end in a hash)."""
+    cleaned = re.sub(r"[^A-Za-z0-9=,._+-]+", "_", text).strip("_") or "default"
+    if len(cleaned) > 120:  # keep it readable and unique
+        cleaned = f"{cleaned[:100]}_{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    return cleaned
+
+
+def job_dirname(overrides: Sequence[str]) -> str:
+    """A sweep job's folder: its overrides, sorted, without the launch-only ones (LAUNCH_KEYS)."""
+    kept = []
+    for override in overrides:
+        key = str(override).split("=", 1)[0].lstrip("+~")
+        if not is_launch_key(key):
+            kept.append(str(override))
+    return safe_dirname(",".join(sorted(kept)))
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore and register the resolvers (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=schema.TrainConfig)
+    for name, node in schema.METHOD_SCHEMAS.items():
+        cs.store(group="schema/method", name=name, node=node)
+    for name, node in schema.LOGGER_SCHEMAS.items():
+        cs.store(group="schema/logger", name=name, node=node)
+    for name, node in schema.OPTIMIZER_SCHEMAS.items():
+        cs.store(group="optimizer", name=name, node=node, package="method.optim.optimizer")
+    OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
+    OmegaConf.register_new_resolver("job_dirname", lambda overrides: job_dirname(list(overrides)), replace=True)
+    _registered = True
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train", check: bool = True) -> DictConfig:
+    """The config of a run from command-line style overrides, composed and checked as promptlab-train does.
+
+    Outside a Hydra app `hydra:` interpolations are not available; the returned config is the job's
+    config (no `hydra` node).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="promptlab.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    if check:
+        from promptlab.config.validate import validate
+
+        validate(cfg)
+    return cfg
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers with interpolations resolved and enums as their names."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def choice(value: Any) -> str:
+    """The plain string of a closed choice, whether the config holds the Enum or (from a record) its name."""
+    return str(getattr(value, "value", value))
+
+
+def typed(config: Mapping[str, Any]) -> DictConfig:
+    """A saved config (a run record's `config`, plain containers) checked and typed against the schema again,
+    so code reads it exactly as it reads a freshly composed one. Keys the schema does not know are refused."""
+    register_configs()
+    data = dict(config)
+    data.pop("hydra", None)
+    # JSON turned the integer keys of epochs_by_shots into strings.
+    datasets = [data.get("dataset")] + list(((data.get("protocol") or {}).get("targets") or {}).values())
+    for node in datasets:
+        if isinstance(node, dict) and isinstance(node.get("epochs_by_shots"), dict):
+            node["epochs_by_shots"] = {int(k): v for k, v in node["epochs_by_shots"].items()}
+    cfg = OmegaConf.structured(schema.TrainConfig)
+    method = data.pop("method", None)
+    cfg = OmegaConf.merge(cfg, data)
+    if method is not None:
+        node = schema.METHOD_SCHEMAS.get(str(method.get("name")))
+        method_cfg = OmegaConf.structured(node) if node is not None else OmegaConf.create({})
+        if node is not None:
+            # The saved optimiser node replaces the schema's empty slot (any optimiser class).
+            method_cfg.optim.optimizer = None
+        cfg.method = OmegaConf.merge(method_cfg, method)
+    return cfg

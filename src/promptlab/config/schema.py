@@ -1,0 +1,383 @@
+"""The typed schema of every config group: the single source of defaults.
+
+Each group's YAML files (promptlab/conf/<group>/*.yaml) extend the dataclass of their group, so a key
+that is not in the schema, or a value of the wrong type or outside a closed choice (an Enum), fails
+when Hydra composes the config, with the key, the value and the choices in the message. Checks that a
+type cannot express (batch size >= 1, shots >= 1 or -1, ...) live in `promptlab.config.validate`.
+
+The method node is three concerns, each its own node:
+  method.learner  the prompt learner's constructor arguments (`_target_`: its class)
+  method.optim    optimiser (a `_partial_` node, the lr is filled in), lr, lr scaling, epochs, warm-up
+  method.loader   batch sizes, augmentation, frozen-feature caching
+
+Defaults are the reference's (CoOp/CoCoOp repository configs, KgCoOp's scripts); docs/reference.md
+lists them with their sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import II, MISSING
+
+# OmegaConf reads these annotations at runtime (as strings, resolved with typing.get_type_hints), so they
+# must be valid expressions on the oldest supported Python (3.10: `X | None` and `dict[str, int]` are).
+
+
+# --------------------------------------------------------------------------- closed choices
+class Augment(str, Enum):
+    """Training-image augmentation: none, horizontal flip, or the reference's RandomResizedCrop + flip."""
+
+    none = "none"
+    flip = "flip"
+    coop = "coop"
+
+
+class TrainCache(str, Enum):
+    """Frozen training features: auto (on exactly when exact), on, off."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class ClassTokenPosition(str, Enum):
+    end = "end"
+    middle = "middle"
+    front = "front"
+
+
+class LrScaling(str, Enum):
+    """lr *= f(batch_size / reference_batch_size): none, linear (x) or sqrt."""
+
+    none = "none"
+    linear = "linear"
+    sqrt = "sqrt"
+
+
+class WeightsDtype(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class ProtocolName(str, Enum):
+    base2novel = "base2novel"
+    fewshot = "fewshot"
+    cross_dataset = "cross_dataset"
+    domain_generalization = "domain_generalization"
+
+
+# "raise" is a keyword: the functional API names the member anyway (OmegaConf matches names).
+OnError = Enum("OnError", {"raise": "raise", "skip": "skip"}, type=str)
+OnError.__doc__ = "What to do with a missing or corrupt image: raise (default) or skip it (listed in the record)."
+
+#: Lightning precision values promptlab runs with (checked by promptlab.config.validate).
+PRECISIONS = ("32", "32-true", "64", "64-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
+
+
+# --------------------------------------------------------------------------- paths, loader, model
+@dataclass
+class PathsConf:
+    """Where data, outputs and caches live; each default also reads an environment variable."""
+
+    data_root: str = "${oc.env:PROMPTLAB_DATA,data}"
+    output_dir: str = "${oc.env:PROMPTLAB_OUTPUT,outputs}"
+    cache_dir: str = "${oc.env:PROMPTLAB_CACHE,${paths.output_dir}/cache}"
+    fewshot_dir: str | None = None  # null: <dataset>/split_fewshot, as the reference
+
+
+@dataclass
+class LoaderConf:
+    """How images are read on this machine (the method's batch sizes are in method.loader)."""
+
+    num_workers: int = 0
+    pin_memory: bool = False
+    on_error: OnError = OnError["raise"]  # type: ignore[valid-type]
+
+
+@dataclass
+class ModelConf:
+    """A frozen CLIP: an open_clip name + tag, a local OpenAI-format file, or builtin:toyclip."""
+
+    name: str = MISSING
+    display_name: str | None = None
+    pretrained: str | None = None  # open_clip tag, or a local open_clip-format file
+    checkpoint: str | None = None  # a local OpenAI-format file (JIT archive or state dict); wins over the tag
+    quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU
+    weights_dtype: WeightsDtype = WeightsDtype.fp32  # the reference's fp16 weights are a known NaN source
+    truncate_text: bool = True  # stop the causal text transformer after the last EOT (exact)
+    share_prefix: bool = True  # prompts sharing [SOS, context] encode it once (exact)
+    cache_dir: str | None = None  # open_clip's download cache
+
+
+# --------------------------------------------------------------------------- datasets and protocols
+@dataclass
+class ToyWorldGeneratorConf:
+    classes: str = "grid6"
+    image_size: int = 32
+    train_per_class: int = 40
+    val_per_class: int = 8
+    test_per_class: int = 50
+    spurious: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class DatasetConf:
+    """A dataset in the CoOp on-disk layout (docs/data_layout.md); `reader` names the parser."""
+
+    name: str = MISSING
+    display_name: str | None = None
+    reader: str = MISSING
+    dataset_dir: str = MISSING
+    image_dir: str = "images"
+    split_file: str | None = None
+    split_files: dict[str, str] | None = None
+    train_dir: str | None = None
+    test_dir: str | None = None
+    classnames_file: str | None = None
+    class_folders: str | None = None
+    split_fractions: dict[str, float] | None = None
+    split_seed: int | None = None
+    rename_classes: dict[str, str] | None = None
+    num_classes: int | None = None  # null: no check
+    test_only: bool = False  # evaluation only (domain-generalisation targets): refused as a training source
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    # The reference's epochs by shot count, used when method.optim.epochs is null (CoOp).
+    epochs_by_shots: dict[int, int] = field(default_factory=lambda: {1: 50, 2: 100, 4: 100, 8: 200, 16: 200})
+    generator: ToyWorldGeneratorConf | None = None
+
+
+@dataclass
+class ProtocolConf:
+    name: ProtocolName = MISSING
+    targets: dict[str, DatasetConf] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- methods
+@dataclass
+class ZeroShotLearnerConf:
+    _target_: str = "promptlab.methods.ZeroShotPrompts"
+    templates: list[str] = II("dataset.templates")
+
+
+@dataclass
+class CoOpLearnerConf:
+    """n_ctx and ctx_init: with an init phrase, n_ctx must equal the phrase's token count (the reference
+    learns one vector per init token); a different n_ctx is refused. Without one, n_ctx random vectors."""
+
+    _target_: str = "promptlab.methods.CoOpPrompts"
+    n_ctx: int = 16
+    ctx_init: str | None = None
+    csc: bool = False  # class-specific context
+    class_token_position: ClassTokenPosition = ClassTokenPosition.end
+
+
+@dataclass
+class CoCoOpLearnerConf:
+    _target_: str = "promptlab.methods.CoCoOpPrompts"
+    n_ctx: int = 4
+    ctx_init: str | None = "a photo of a"
+    class_chunk: int | None = None  # classes per text-encoder call (bounds memory, e.g. 100 for ImageNet)
+    checkpoint_chunks: bool = False  # recompute chunk activations in backward (compute for memory)
+
+
+@dataclass
+class KgCoOpLearnerConf(CoOpLearnerConf):
+    _target_: str = "promptlab.methods.KgCoOpPrompts"
+    n_ctx: int = 4
+    ctx_init: str | None = "a photo of a"
+    templates: list[str] = II("dataset.templates")
+    kg_weight: float = 8.0
+
+
+@dataclass
+class SGDConf:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dampening: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamWConf:
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+
+
+@dataclass
+class OptimConf:
+    """Optimiser and schedule: Dassl's constant warm-up then cosine over `epochs`, stepped per epoch."""
+
+    # A _partial_ optimiser node from the optimizer group (sgd: the reference), placed here; lr is passed
+    # when it is built. None in the schema, so that choosing another optimiser replaces it rather than merging.
+    optimizer: Any = None
+    lr: float = 0.002
+    lr_scaling: LrScaling = LrScaling.none
+    reference_batch_size: int = 32  # the batch size `lr` was tuned for
+    epochs: int | None = None  # null: dataset.epochs_by_shots at the run's shot count
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+
+
+@dataclass
+class MethodLoaderConf:
+    batch_size: int = 32
+    eval_batch_size: int = 100
+    augment: Augment = Augment.none
+    # Frozen training features: auto = on exactly when exact (augment=none). on + augmentation needs
+    # train_views=K: K fixed augmented views per image (an approximation, documented).
+    train_cache: TrainCache = TrainCache.auto
+    train_views: int = 0
+
+
+@dataclass
+class MethodConf:
+    name: str = MISSING
+    display_name: str = MISSING
+    learner: Any = MISSING
+    optim: OptimConf = field(default_factory=OptimConf)
+    loader: MethodLoaderConf = field(default_factory=MethodLoaderConf)
+
+
+@dataclass
+class ZeroShotMethodConf(MethodConf):
+    name: str = "zeroshot"
+    display_name: str = "CLIP"
+    learner: ZeroShotLearnerConf = field(default_factory=ZeroShotLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=0))
+
+
+@dataclass
+class CoOpMethodConf(MethodConf):
+    name: str = "coop"
+    display_name: str = "CoOp"
+    learner: CoOpLearnerConf = field(default_factory=CoOpLearnerConf)
+
+
+@dataclass
+class CoCoOpMethodConf(MethodConf):
+    name: str = "cocoop"
+    display_name: str = "CoCoOp"
+    learner: CoCoOpLearnerConf = field(default_factory=CoCoOpLearnerConf)
+    optim: OptimConf = field(
+        default_factory=lambda: OptimConf(epochs=10, reference_batch_size=1, lr_scaling=LrScaling.sqrt)
+    )
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=1))
+
+
+@dataclass
+class KgCoOpMethodConf(MethodConf):
+    name: str = "kgcoop"
+    display_name: str = "KgCoOp"
+    learner: KgCoOpLearnerConf = field(default_factory=KgCoOpLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=100, reference_batch_size=128))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=128))
+
+
+# --------------------------------------------------------------------------- trainer, loggers
+@dataclass
+class TrainerConf:
+    """lightning.Trainer arguments (max_epochs comes from method.optim)."""
+
+    _target_: str = "lightning.Trainer"
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    precision: str = "32"
+    strategy: str = "auto"
+    log_every_n_steps: int = 5
+    enable_checkpointing: bool = False  # the learned prompt is saved by promptlab (prompt_learner.pt)
+    enable_model_summary: bool = False
+    enable_progress_bar: bool = True
+    num_sanity_val_steps: int = 0
+    deterministic: bool = False
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+
+
+@dataclass
+class CSVLoggerConf:
+    _target_: str = "lightning.pytorch.loggers.CSVLogger"
+    save_dir: str | None = None  # null: the run's folder
+    name: str = "csv"
+    version: str = ""
+
+
+@dataclass
+class WandbLoggerConf:
+    """One W&B run per job: group = the sweep, job_type = the method, name = the job's overrides."""
+
+    _target_: str = "lightning.pytorch.loggers.WandbLogger"
+    project: str = "promptlab"
+    entity: str | None = None
+    group: str | None = II("sweep_name")
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None  # null: WANDB_MODE or wandb's default; offline / disabled work without network
+    save_dir: str | None = None  # null: the run's folder
+
+
+@dataclass
+class TensorBoardLoggerConf:
+    _target_: str = "lightning.pytorch.loggers.TensorBoardLogger"
+    save_dir: str | None = None  # null: the run's folder
+    name: str = "tensorboard"
+    version: str = ""
+
+
+@dataclass
+class MLFlowLoggerConf:
+    _target_: str = "lightning.pytorch.loggers.MLFlowLogger"
+    experiment_name: str = "promptlab"
+    run_name: str | None = None  # null: the job's overrides
+    tracking_uri: str | None = "${oc.env:MLFLOW_TRACKING_URI,null}"  # null: a file store under save_dir
+    save_dir: str | None = "${paths.output_dir}/mlruns"  # shared by every run of the output folder
+
+
+# --------------------------------------------------------------------------- the root
+@dataclass
+class TrainConfig:
+    """The root of `promptlab-train`'s config (promptlab/conf/train.yaml)."""
+
+    paths: PathsConf = field(default_factory=PathsConf)
+    model: ModelConf = MISSING
+    dataset: DatasetConf = MISSING
+    method: Any = MISSING  # one of the MethodConf subclasses, chosen by the method group
+    protocol: ProtocolConf = MISSING
+    trainer: TrainerConf = MISSING
+    logger: dict[str, Any] = field(default_factory=dict)  # name -> a Lightning logger _target_ node
+    loader: LoaderConf = field(default_factory=LoaderConf)
+    seed: int = 1  # few-shot selection, initialisation, data order (the papers use 1, 2, 3)
+    shots: int = 16  # training images per class; -1 = all
+    num_threads: int | None = None  # torch intra-op threads per process (null: torch's default)
+    sweep_name: str = "${now:%Y-%m-%d_%H-%M-%S-%f}"
+    resume: bool = True  # skip a job whose folder already holds a complete record of the same job
+    analysis: bool = False  # run the prompt-drift diagnostics at the end (promptlab-analyze)
+    load_prompt: str | None = None  # a run's prompt_learner.pt: start from it (epochs 0: evaluate it only)
+    eval_cache: bool = True  # keep test-image features on disk (paths.cache_dir) for the sweep's other jobs
+    run_name: str = "${method.name}_${dataset.name}_${shots}shot_seed${seed}"
+
+
+METHOD_SCHEMAS: dict[str, type[MethodConf]] = {
+    "zeroshot": ZeroShotMethodConf,
+    "coop": CoOpMethodConf,
+    "cocoop": CoCoOpMethodConf,
+    "kgcoop": KgCoOpMethodConf,
+}
+
+LOGGER_SCHEMAS: dict[str, type] = {
+    "csv": CSVLoggerConf,
+    "wandb": WandbLoggerConf,
+    "tensorboard": TensorBoardLoggerConf,
+    "mlflow": MLFlowLoggerConf,
+}
+
+OPTIMIZER_SCHEMAS: dict[str, type] = {"sgd": SGDConf, "adamw": AdamWConf}

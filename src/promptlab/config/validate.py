@@ -1,0 +1,170 @@
+"""The checks a type cannot express, run on the composed config before any model or data is loaded.
+
+The schema already rejects unknown keys, values of the wrong type and values outside a closed choice
+(at compose time, by OmegaConf). What is left is ranges and combinations; each failure is a
+ConfigError naming the key, the value and what is allowed, and all failures are reported at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields, is_dataclass
+from functools import lru_cache
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from promptlab.config.schema import PRECISIONS, Augment, ProtocolName, TrainCache
+from promptlab.errors import ConfigError
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None)
+
+
+@lru_cache(maxsize=64)
+def phrase_token_count(phrase: str) -> int:
+    """BPE tokens of an init phrase under CLIP's tokenizer (the one every supported backbone uses)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return len(_tokenizer(SimpleTokenizer).encode(phrase.replace("_", " ").strip()))
+
+
+@lru_cache(maxsize=1)
+def _tokenizer(factory: Callable[[], Any]) -> Any:
+    return factory()
+
+
+def check_context(n_ctx: int, ctx_init: str | None, key: str = "method.learner") -> None:
+    """The context rule: with an init phrase the context has one vector per phrase token (the reference
+    CoOp/CoCoOp), so an n_ctx that differs from the phrase's token count is refused, not silently ignored."""
+    if n_ctx < 1:
+        raise ConfigError(f"{key}.n_ctx={n_ctx}: a context needs at least one vector (n_ctx >= 1).")
+    if ctx_init:
+        tokens = phrase_token_count(ctx_init)
+        if tokens != n_ctx:
+            raise ConfigError(
+                f"{key}.n_ctx={n_ctx} but {key}.ctx_init={ctx_init!r} is {tokens} tokens: the context is "
+                f"initialised from the phrase, one vector per token, so it has {tokens} vectors. Set "
+                f"{key}.n_ctx={tokens}, or {key}.ctx_init=null for {n_ctx} random vectors."
+            )
+
+
+def unknown_keys(node: Any, path: str = "") -> list[str]:
+    """Keys added to a typed node with `+key=value` (Hydra lets those past the schema): each would be read by
+    nothing. A `_target_` node may hold any parameter of its class."""
+    found: list[str] = []
+    if not isinstance(node, DictConfig):
+        return found
+    node_type = OmegaConf.get_type(node)
+    if is_dataclass(node_type):
+        known = {f.name for f in fields(node_type)}
+        target = node.get("_target_") if "_target_" in known else None
+        accepted = _parameters(str(target)) if target else None
+        for key in node.keys():
+            if key in known or (accepted is not None and (key in accepted or "**" in accepted)):
+                continue
+            choices = ", ".join(sorted(k for k in known if not k.startswith("_")))
+            found.append(f"{path}{key}: not a key of {node_type.__name__} (keys: {choices}).")
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            found += unknown_keys(child, f"{path}{key}.")
+    return found
+
+
+@lru_cache(maxsize=64)
+def _parameters(target: str) -> frozenset[str]:
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        params = inspect.signature(get_class(target)).parameters.values()
+    except Exception:  # noqa: BLE001 - an unimportable target fails later, with Hydra's own message
+        return frozenset({"**"})
+    return frozenset("**" if p.kind is inspect.Parameter.VAR_KEYWORD else p.name for p in params)
+
+
+def problems(cfg: DictConfig) -> list[str]:
+    """Every range or combination problem of a composed train config (empty when it is fine)."""
+    found: list[str] = unknown_keys(cfg)
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            found.append(message)
+
+    shots = _get(cfg, "shots")
+    need(shots == -1 or (shots is not None and shots >= 1), f"shots={shots}: use a count >= 1, or -1 for all images.")
+
+    method = cfg.method
+    loader, optim, learner = method.loader, method.optim, method.learner
+    for key in ("batch_size", "eval_batch_size"):
+        value = loader[key]
+        need(value >= 1, f"method.loader.{key}={value}: must be at least 1.")
+    need(loader.train_views >= 0, f"method.loader.train_views={loader.train_views}: must be 0 (off) or more.")
+    need(
+        not (loader.train_cache == TrainCache.on and loader.augment != Augment.none and loader.train_views < 1),
+        f"method.loader.train_cache=on with augment={loader.augment.value} would freeze one random crop per image "
+        "for the whole run: set method.loader.train_views=K (K cached augmented views), train_cache=auto, or "
+        "augment=none.",
+    )
+    need(optim.lr > 0, f"method.optim.lr={optim.lr}: must be positive.")
+    need(optim.epochs is None or optim.epochs >= 0,
+         f"method.optim.epochs={optim.epochs}: must be 0 or more (null: the dataset's epochs by shots).")
+    need(optim.warmup_epochs >= 0, f"method.optim.warmup_epochs={optim.warmup_epochs}: must be 0 or more.")
+    need(optim.warmup_lr > 0, f"method.optim.warmup_lr={optim.warmup_lr}: must be positive.")
+    need(optim.reference_batch_size >= 1,
+         f"method.optim.reference_batch_size={optim.reference_batch_size}: must be at least 1.")
+
+    if "n_ctx" in learner:
+        try:
+            check_context(int(learner.n_ctx), learner.get("ctx_init"))
+        except ConfigError as err:
+            found.append(str(err))
+    if "class_chunk" in learner and learner.class_chunk is not None:
+        need(learner.class_chunk >= 1, f"method.learner.class_chunk={learner.class_chunk}: must be at least 1 or null.")
+    protocol = cfg.protocol.name
+    if learner.get("csc") and protocol != ProtocolName.fewshot:
+        found.append(
+            f"method.learner.csc=true with protocol={protocol.value}: a class-specific context is learned for the "
+            "training classes only and cannot score other classes (novel classes, target datasets). Use "
+            "protocol=fewshot, or method.learner.csc=false."
+        )
+
+    precision = str(cfg.trainer.precision)
+    need(precision in PRECISIONS, f"trainer.precision={precision}: expected one of {', '.join(PRECISIONS)}.")
+    need(cfg.loader.num_workers >= 0, f"loader.num_workers={cfg.loader.num_workers}: must be 0 or more.")
+    threads = cfg.get("num_threads")
+    need(threads is None or threads >= 1, f"num_threads={threads}: must be at least 1, or null.")
+
+    if cfg.dataset.test_only:
+        found.append(
+            f"dataset={cfg.dataset.name} is evaluation-only (dataset.test_only=true: it has no training split). "
+            "Train on its source dataset and evaluate on it as a target (e.g. dataset=imagenet "
+            "protocol=domain_generalization)."
+        )
+    found += _reader_problems(cfg)
+    return found
+
+
+def _reader_problems(cfg: DictConfig) -> list[str]:
+    import promptlab.toy.reader  # noqa: F401 - registers the toy world's reader
+    from promptlab.data.readers import READERS
+
+    out = []
+    datasets = [("dataset", cfg.dataset)] + [
+        (f"protocol.targets.{name}", target) for name, target in (cfg.protocol.targets or {}).items()
+    ]
+    for key, node in datasets:
+        if node.reader not in READERS:
+            out.append(f"{key}.reader={node.reader!r}: expected one of {', '.join(sorted(READERS))}.")
+    return out
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every problem of a composed train config."""
+    found = problems(cfg)
+    if found:
+        raise ConfigError("invalid config: " + " ".join(found) if len(found) == 1
+                          else "invalid config:\n  - " + "\n  - ".join(found))

@@ -1,0 +1,14 @@
+"""domain_generalization (CoOp): learn on ImageNet, test on its variants (V2, Sketch, A, R: the same
+classes or subsets of them, other image distributions)."""
+
+from __future__ import annotations
+
+from promptlab.protocols.base import register
+from promptlab.protocols.transfer import TransferProtocol
+
+
+class DomainGeneralization(TransferProtocol):
+    name = "domain_generalization"
+
+
+PROTOCOL = register(DomainGeneralization())

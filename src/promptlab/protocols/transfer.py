@@ -1,0 +1,81 @@
+"""What cross_dataset and domain_generalization share: learn on a source dataset (all classes), then
+evaluate the same prompt on the source and on each target dataset."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from promptlab.protocols.base import (
+    Protocol,
+    ProtocolData,
+    checked,
+    eval_sets,
+    evaluation_accuracy,
+    read_source,
+    record_metric,
+    target_eval_sets,
+)
+
+
+class TransferProtocol(Protocol):
+    """Evaluations: the source first, then one per target, each named after its dataset.
+
+    Record metrics: "<dataset>_acc" for each evaluation plus target_mean_acc, the mean of the targets'
+    accuracies. Table columns: source, each target, target average; no Average rows (the datasets are
+    the columns).
+    """
+
+    column_titles = {"source": "Source", "target_mean": "Target avg."}
+
+    def build_data(
+        self,
+        protocol_cfg: Mapping[str, Any],
+        dataset_cfg: Mapping[str, Any],
+        data_root: Path,
+        shots: int,
+        seed: int,
+        fewshot_cache_dir: Path | None = None,
+    ) -> ProtocolData:
+        source, few = read_source(dataset_cfg, data_root, shots, seed, fewshot_cache_dir)
+        sets = eval_sets(source, dataset_cfg["name"], ["all"], name=dataset_cfg["name"])
+        sets += target_eval_sets(protocol_cfg, data_root)
+        data = ProtocolData(train_items=few.train, train_classnames=few.classnames, eval_sets=sets,
+                            notes=list(few.notes), source_splits=source)
+        return checked(data, dataset_cfg)
+
+    def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        if not evaluations:
+            raise ValueError(f"{self.name} metrics need at least the source evaluation; got none.")
+        accs = [evaluation_accuracy(e) for e in evaluations]
+        metrics = {f"{e['name']}_acc": acc for e, acc in zip(evaluations, accs, strict=True)}
+        if len(accs) > 1:  # evaluations[0] is the source
+            metrics["target_mean_acc"] = statistics.fmean(accs[1:])
+        return metrics
+
+    def values(self, record: Mapping[str, Any]) -> dict[str, float]:
+        source, targets = self.datasets(record)
+        values = {"source": record_metric(record, f"{source}_acc")}
+        for target in targets:
+            values[target] = record_metric(record, f"{target}_acc")
+        if "target_mean_acc" in record["metrics"]:
+            values["target_mean"] = record_metric(record, "target_mean_acc")
+        elif targets:
+            values["target_mean"] = statistics.fmean(values[t] for t in targets)
+        return values
+
+    def value_columns(self, values: Sequence[Mapping[str, float]]) -> list[str]:
+        columns = super().value_columns(values)
+        if "target_mean" in columns:  # the summary column goes last, after every target
+            columns.remove("target_mean")
+            columns.append("target_mean")
+        return columns
+
+    @staticmethod
+    def datasets(record: Mapping[str, Any]) -> tuple[str, list[str]]:
+        """(source, targets) of a record: its evaluations' datasets, the source first."""
+        names = [str(e["dataset"]) for e in record.get("evaluations", []) if "dataset" in e]
+        source = str(record["summary"].get("dataset", names[0] if names else "?"))
+        return source, [n for n in names if n != source]
