@@ -262,9 +262,14 @@ def test_same_content_gives_same_bytes(tmp_path: Path) -> None:
     assert one.read_text() == '{\n  "b": 2,\n  "a": [\n    1.5,\n    null\n  ],\n  "path": "/x/y"\n}\n'
 
     state = {"weight": torch.randn(3, 4, generator=torch.Generator().manual_seed(0)), "step": torch.tensor(7)}
-    first = pio.atomic_torch_save(state, tmp_path / "first.pt")
-    second = pio.atomic_torch_save({k: v.clone() for k, v in state.items()}, tmp_path / "sub" / "other_name.pt")
-    assert first.read_bytes() == second.read_bytes()  # torch.save to a path would embed the file's name
+    first = pio.atomic_torch_save(state, tmp_path / "one" / "prompt.pt")
+    second = pio.atomic_torch_save({k: v.clone() for k, v in state.items()}, tmp_path / "two" / "prompt.pt")
+    # Same name, same bytes (the temporary file's name never reaches the archive), and the bytes of a plain
+    # torch.save to that name.
+    assert first.read_bytes() == second.read_bytes()
+    torch.save(state, tmp_path / "prompt.pt")
+    assert (tmp_path / "prompt.pt").read_bytes() == first.read_bytes()
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no staging left behind
     loaded = torch.load(second, weights_only=True)
     assert torch.equal(loaded["weight"], state["weight"]) and int(loaded["step"]) == 7
 
@@ -333,5 +338,5 @@ def test_feature_cache_alias_writes_identical_files(tmp_path: Path) -> None:
 
     payload = {"features": torch.arange(6.0).view(2, 3), "label": "test"}
     save_atomic(payload, tmp_path / "a" / "k1.pt")
-    save_atomic(payload, tmp_path / "b" / "k2.pt")
-    assert (tmp_path / "a" / "k1.pt").read_bytes() == (tmp_path / "b" / "k2.pt").read_bytes()
+    save_atomic(payload, tmp_path / "b" / "k1.pt")
+    assert (tmp_path / "a" / "k1.pt").read_bytes() == (tmp_path / "b" / "k1.pt").read_bytes()

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "promptlab.io": 0,
     "promptlab.logs": 0,
     "promptlab.cli_errors": 0,
+    "promptlab.launch": 0,  # the launch-only keys (resume hash, job folders)
     "promptlab.conf": 0,  # the Hydra config package: YAML, and an __init__ that makes it importable
     # 1: frozen CLIP loading, data (readers, types, few-shot, transforms, image dataset), per-run metrics and
     # records, the toy world generator

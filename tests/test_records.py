@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from promptlab.launch import LAUNCH_KEYS
 from promptlab.results import records
 from promptlab.results.metrics import accuracy_percent, harmonic_mean
 from promptlab.results.records import (
-    CONFIG_HASH_EXCLUDE,
     RECORD_FILENAME,
     RecordError,
     config_hash,
@@ -165,7 +165,7 @@ def test_config_hash_is_stable_and_drops_excluded_keys() -> None:
             node = node[key]
         node[path[-1]] = value
         assert config_hash(changed) != config_hash(CFG), path
-    assert {"hydra", "logger", "paths.output_dir"} <= set(CONFIG_HASH_EXCLUDE)
+    assert {"hydra", "logger", "paths.output_dir"} <= set(LAUNCH_KEYS)
     assert config_hash(CFG, exclude=()) != config_hash(CFG)
     assert CFG["paths"]["output_dir"].startswith("/runs")  # hashing did not mutate the input
 

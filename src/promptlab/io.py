@@ -10,7 +10,6 @@ between users of a group. Equal content gives equal bytes (see `atomic_torch_sav
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -97,15 +96,28 @@ def atomic_write_json(
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     """`torch.save(obj, path)`, atomically, and byte-identical for equal objects.
 
-    torch.save to a file path names the zip archive's top folder after the file, so saving through a
-    randomly named temporary file would make equal objects differ on disk; saving into memory first
-    gives the constant name "archive" (torch.load does not care about the name).
+    torch.save names the zip archive's top folder after the file it writes, so saving through a randomly
+    named temporary file would make equal objects differ on disk. The object is saved under the target's
+    own name inside a private temporary folder next to it, then moved into place: the bytes are exactly
+    those of a plain `torch.save(obj, path)` (the committed toy CLIP reproduces bit for bit).
     """
     import torch
 
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = staging / path.name
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        staging.rmdir()
+    _fsync_dir(path.parent)
+    return path
 
 
 def make_shared_tempdir(parent: PathLike, prefix: str) -> Path:

@@ -32,7 +32,7 @@ from promptlab.engine.build import (
 from promptlab.engine.module import PromptLearningModule
 from promptlab.errors import ConfigError
 from promptlab.logs import quiet_libraries
-from promptlab.protocols import protocol_metrics
+from promptlab.protocols import get_protocol
 from promptlab.results.records import (
     STATUS_COMPLETE,
     config_hash,
@@ -154,7 +154,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {
         "summary": summary_of(cfg, epochs if learner.trainable else 0, learner=learner,
                               precision=str(trainer.precision), lr=lr if learner.trainable else None),
-        "metrics": protocol_metrics(choice(cfg.protocol.name), evaluations),
+        "metrics": get_protocol(choice(cfg.protocol.name)).metrics(evaluations),
         "evaluations": evaluations,
         "timings": {"total_s": time.perf_counter() - t_start, "setup_s": t_setup - t_start, "fit_s": fit_s,
                     "eval_s": eval_s},

@@ -24,6 +24,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from promptlab.cli_errors import full_error_requested, print_user_error
+from promptlab.errors import AnalysisError, PromptlabError
 from promptlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from promptlab.results.metrics import harmonic_mean
 from promptlab.results.records import scan_records
@@ -78,7 +80,7 @@ def study_table(dirs: Iterable[str | os.PathLike[str]]) -> ResultTable:
         records.append({**record, "metrics": {**record["metrics"], **analysis_metrics(record)}})
     if not records:
         where = ", ".join(str(d) for d in dirs)
-        raise ValueError(f"{where}: no complete base2novel toy-world runs (with a spurious strength) found.")
+        raise AnalysisError(f"{where}: no complete base2novel toy-world runs (with a spurious strength) found.")
     # spurious splits rows even when a sweep holds a single strength: the study's rows are per strength.
     return build_table(records, BASE2NOVEL, split_by=("spurious",), extra_metrics=ANALYSIS_MEASURES)
 
@@ -223,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         write_study(args.sweep_dir, args.out)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"promptlab-study: {err}")
+    except PromptlabError as err:
+        if full_error_requested():
+            raise
+        print_user_error("promptlab-study", err)
         return 1
     return 0
 

@@ -2,8 +2,8 @@
 the keys that change how a job is launched but not what it computes, and composing a config in Python.
 """
 
-from promptlab.config.launch import LAUNCH_KEYS, is_launch_key
 from promptlab.config.registry import CONFIG_PACKAGE, compose, register_configs
 from promptlab.config.validate import validate
+from promptlab.launch import LAUNCH_KEYS, is_launch_key
 
 __all__ = ["CONFIG_PACKAGE", "LAUNCH_KEYS", "compose", "is_launch_key", "register_configs", "validate"]

@@ -18,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from promptlab.config import schema
-from promptlab.config.launch import is_launch_key
+from promptlab.launch import is_launch_key
 
 #: Hydra's package config path of the configs shipped inside promptlab.
 CONFIG_PACKAGE = "pkg://promptlab.conf"

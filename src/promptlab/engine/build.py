@@ -16,14 +16,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from promptlab.config.launch import is_launch_key
 from promptlab.config.registry import choice, plain
 from promptlab.config.schema import LrScaling, SGDConf
 from promptlab.engine.datamodule import PromptDataModule
 from promptlab.errors import ConfigError, MissingPathError
 from promptlab.io import atomic_torch_save
+from promptlab.launch import is_launch_key
 from promptlab.models import load_clip_from_config
-from promptlab.protocols import ProtocolData, build_protocol_data
+from promptlab.protocols import ProtocolData, get_protocol
 
 
 def resolve_epochs(optim: DictConfig, dataset: DictConfig, shots: int) -> int:
@@ -127,7 +127,7 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
     """Build a run's parts from its config (training and promptlab-analyze share this)."""
     method, loader = cfg.method, cfg.method.loader
     clip = load_clip_from_config(cfg.model, device=device)
-    data = build_protocol_data(
+    data = get_protocol(choice(cfg.protocol.name)).build_data(
         cfg.protocol, cfg.dataset, Path(cfg.paths.data_root).expanduser().resolve(), int(cfg.shots), int(cfg.seed),
         Path(cfg.paths.fewshot_dir) if cfg.paths.get("fewshot_dir") else None,
     )

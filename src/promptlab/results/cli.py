@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # Re-exported: these lived here before aggregation got its own module, and callers import them from here.
+from promptlab.cli_errors import full_error_requested, print_user_error
+from promptlab.errors import MissingPathError, PromptlabError
 from promptlab.results.aggregate import (  # noqa: F401
     Aggregation,
     NoCompleteRecordsError,
@@ -54,12 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         result = aggregate_runs(args.dirs, args.out, args.ignore_key)
-    except FileNotFoundError as exc:
-        print(f"promptlab-table: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (NoCompleteRecordsError, ValueError) as exc:  # ValueError: records without the table's metrics
-        print(f"promptlab-table: {exc}", file=sys.stderr)
-        return EXIT_NO_RECORDS
+    except PromptlabError as exc:  # a bug propagates with its traceback
+        if full_error_requested():
+            raise
+        print_user_error("promptlab-table", exc)
+        return EXIT_USAGE if isinstance(exc, MissingPathError) else EXIT_NO_RECORDS  # a wrong path is a usage error
     if not args.quiet:
         report(result)
     return EXIT_OK

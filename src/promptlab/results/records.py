@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptlab.errors import MissingPathError, RecordError  # RecordError re-exported from here
 from promptlab.io import atomic_write_json
+from promptlab.launch import LAUNCH_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +67,6 @@ STATUSES = (STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING)
 
 REQUIRED_KEYS = ("schema", "status", "summary", "metrics")
 
-# Dotted paths (from the config root) dropped before hashing: they say where a run writes or how it is
-# watched, not what it computes, so changing them must not invalidate finished runs on resume.
-#   hydra             Hydra's runtime node (output/sweep dirs, job number, timestamps), if present
-#   logger            none/csv/wandb: where metrics are sent
-#   output_dir        top-level output directory key
-#   paths.output_dir  the job's output directory (changes with every sweep timestamp)
-#   paths.log_dir     log directory
-#   resume            the resume switch itself
-CONFIG_HASH_EXCLUDE: tuple[str, ...] = (
-    "hydra",
-    "logger",
-    "output_dir",
-    "paths.output_dir",
-    "paths.log_dir",
-    "resume",
-)
 
 # Distributions reported in every record; missing ones are simply left out.
 _VERSIONED_PACKAGES = {
@@ -184,7 +169,7 @@ def error_record(
 # --------------------------------------------------------------------------- config hash
 
 
-def config_hash(cfg: Any, exclude: Iterable[str] = CONFIG_HASH_EXCLUDE) -> str:
+def config_hash(cfg: Any, exclude: Iterable[str] = LAUNCH_KEYS) -> str:
     """sha256 of the config as sorted-key JSON, after dropping the dotted paths in `exclude`.
 
     `cfg` is a plain mapping (an OmegaConf DictConfig is converted with interpolations resolved).

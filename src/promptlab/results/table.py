@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptlab.errors import RecordError
 from promptlab.protocols import PROTOCOLS, MissingMetricError, Protocol, table_protocol
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ def build_tables(records: Iterable[dict[str, Any]], ignore_keys: Iterable[str] =
             problems.append(str(exc))
             log.warning("no %s table: %s", protocol, exc)
     if problems and not tables:
-        raise ValueError("; ".join(problems))
+        raise RecordError("; ".join(problems))
     return tables
 
 
@@ -316,7 +317,7 @@ def build_table(
         except MissingMetricError as exc:
             notes.append(f"skipped {record.get('run_dir', '?')}: {exc.args[0]}")
     if not usable:
-        raise ValueError(f"no {protocol} record has the metrics this table needs: {'; '.join(notes[1:])}")
+        raise RecordError(f"no {protocol} record has the metrics this table needs: {'; '.join(notes[1:])}")
 
     skip = NON_COLUMN_KEYS | set(ignore_keys)
     # A summary key becomes a column only when it splits rows: it varies within one (dataset, method)
