@@ -75,7 +75,7 @@ def test_base_novel_rule_on_odd_and_even_class_counts() -> None:
         items = [Datum(f"/x/{y}.jpg", y, f"c{y}") for y in range(n)]
         return DatasetSplits("d", Path("/x"), items, [], items, [f"c{y}" for y in range(n)])
 
-    assert subsample_classes(splits_with(37), "base").num_classes == 19  # OxfordPets 19/18 (DESIGN.md)
+    assert subsample_classes(splits_with(37), "base").num_classes == 19  # OxfordPets 19/18 (docs/reference.md)
     assert subsample_classes(splits_with(37), "novel").num_classes == 18
     assert subsample_classes(splits_with(47), "base").num_classes == 24  # DTD 24/23
     novel = subsample_classes(splits_with(10), "novel")
@@ -180,7 +180,7 @@ def test_registered_generating_reader_runs_before_its_folder_exists(tmp_path: Pa
 
 
 # --- configs ------------------------------------------------------------------------------------------
-REFERENCE = {  # class counts (DESIGN.md section 3) and zero-shot templates (CoOp trainers/zsclip.py)
+REFERENCE = {  # class counts (docs/reference.md) and zero-shot templates (CoOp trainers/zsclip.py)
     "imagenet": (1000, "a photo of a {}."),
     "caltech101": (100, "a photo of a {}."),
     "oxford_pets": (37, "a photo of a {}, a type of pet."),

@@ -16,7 +16,6 @@ outputs/bench/latest.json (one key per figure, ratios included).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from promptlab.engine.datamodule import FeatureDataset
 from promptlab.engine.features import encode_images
 from promptlab.engine.module import PromptLearningModule
+from promptlab.io import atomic_write_json
 from promptlab.logs import quiet_libraries
 from promptlab.methods import CoCoOpPrompts, CoOpPrompts, logits_from_features
 from promptlab.models import FrozenCLIP, load_clip
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {key:<{width}}  {value:.3f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_json(out, result, indent=1)
     print(f"written to {out}")
     return result
 

@@ -84,7 +84,7 @@ def sample_few_shot(items: list[Datum], shots: int, seed: int) -> tuple[list[Dat
         if len(pool) < shots:
             note = (
                 f"class {label} ({pool[0].classname!r}) has {len(pool)} image(s), fewer than shots={shots}: "
-                f"all {len(pool)} kept (the reference would repeat images)."
+                f"all {len(pool)} kept (the reference keeps them once too)."
             )
             log.warning(note)
             notes.append(note)
