@@ -37,8 +37,9 @@ bench: $(STAMP)  ## throughput of CoOp/CoCoOp training and evaluation vs naive l
 study: $(STAMP)  ## the spurious-background study: 4 methods x 3 strengths x seeds -> table + figure
 	$(PY) -m promptlab.train -m experiment=spurious_study
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff over everything, mypy over the public API (promptlab.api)
 	$(VENV)/bin/ruff check src tests
+	$(PY) -m mypy src/promptlab/api.py src/promptlab/__init__.py --follow-imports=silent --ignore-missing-imports
 
 clean:  ## remove outputs (keeps the venv and generated data)
 	rm -rf outputs/runs outputs/sweeps outputs/tables outputs/cache

@@ -63,10 +63,10 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # mkstemp creates 0600
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # mkstemp creates 0600; os.chmod (unlike fchmod) exists on Windows too
         os.replace(tmp, path)
     except BaseException:
         # The `with` closed the descriptor; only the file itself can be left over.
@@ -110,8 +110,8 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     try:
         torch.save(obj, tmp)
         with open(tmp, "rb+") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

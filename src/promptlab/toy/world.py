@@ -14,7 +14,6 @@ Generation is a pure function of the spec: each image draws from its own numpy G
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 
 from promptlab.cli_errors import exit_on_user_error
@@ -419,23 +419,19 @@ def ensure_toyworld(dataset_dir: Path, spec: ToyWorldSpec) -> Path:
     dataset_dir.parent.mkdir(parents=True, exist_ok=True)
     if _existing_world_matches(dataset_dir, spec):
         return dataset_dir
-    lock_path = dataset_dir.parent / f".{dataset_dir.name}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # filelock: an OS lock on POSIX and Windows alike (fcntl would break every import on Windows).
+    with FileLock(str(dataset_dir.parent / f".{dataset_dir.name}.lock")):
+        if _existing_world_matches(dataset_dir, spec):  # another process generated it meanwhile
+            return dataset_dir
+        # Not tempfile.mkdtemp: its 0700 would become the mode of the shared world after the rename.
+        tmp_dir = make_shared_tempdir(dataset_dir.parent, prefix=f".{dataset_dir.name}.tmp-")
         try:
-            if _existing_world_matches(dataset_dir, spec):  # another process generated it meanwhile
-                return dataset_dir
-            # Not tempfile.mkdtemp: its 0700 would become the mode of the shared world after the rename.
-            tmp_dir = make_shared_tempdir(dataset_dir.parent, prefix=f".{dataset_dir.name}.tmp-")
-            try:
-                write_world(tmp_dir, spec)
-                if dataset_dir.is_dir():  # empty (checked above): replace it
-                    dataset_dir.rmdir()
-                os.rename(tmp_dir, dataset_dir)
-            finally:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+            write_world(tmp_dir, spec)
+            if dataset_dir.is_dir():  # empty (checked above): replace it
+                dataset_dir.rmdir()
+            os.rename(tmp_dir, dataset_dir)
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return dataset_dir
 
 
