@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup demo test test-slow test-all bench lint study clean
+.PHONY: help setup demo test test-slow test-all bench gpu-check lint study clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -33,6 +33,9 @@ test-all: test test-slow  ## both suites
 
 bench: $(STAMP)  ## throughput of CoOp/CoCoOp training and evaluation vs naive loops -> outputs/bench/latest.json
 	$(PY) -m promptlab.bench $(BENCH_ARGS)
+
+gpu-check: $(STAMP)  ## on a GPU machine: every method on ViT-B/16 (random weights, bf16), DDP, bench rows -> docs/gpu_check.{json,md}
+	$(PY) -m promptlab.gpu_check
 
 study: $(STAMP)  ## the spurious-background study: 4 methods x 3 strengths x seeds -> table + figure
 	$(PY) -m promptlab.train -m experiment=spurious_study

@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "promptlab.train": 5,
     "promptlab.api": 5,
     "promptlab.bench": 5,
+    "promptlab.gpu_check": 5,
     "promptlab.results.cli": 5,
     "promptlab.analysis.cli": 5,
 }
