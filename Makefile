@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create/update the virtual environment ($(VENV), or VENV=path)
 
-demo: $(STAMP)  ## the main job on the offline default: zero-shot, CoOp, CoCoOp on the toy world, 2 seeds -> table + figure
+demo: $(STAMP)  ## the main job on the offline default: zero-shot, CoOp, CoCoOp, linear probe, Tip-Adapter on the toy world, 2 seeds -> table + figure
 	$(PY) -m promptlab.train -m experiment=demo
 
 test: $(STAMP)  ## the fast test suite (what CI runs first)

@@ -94,6 +94,8 @@ class PromptClassifier:
 
         batch = images if isinstance(images, torch.Tensor) else self.preprocess(images)
         features = self.clip.encode_image(batch.to(self.device))
+        if self.learner.direct_logits:  # a learner that scores images itself (Tip-Adapter-F)
+            return self.learner.logits(self.clip, features)
         text = self.learner(self.clip, features if self.learner.instance_conditional else None).float()
         return logits_from_features(features, text, self.clip.logit_scale())
 

@@ -1,5 +1,10 @@
 """The Hydra entry point: one run = fit a prompt learner (unless zero-shot), evaluate it as the protocol
 says, write the run record. `python -m promptlab.train <overrides>`; `-m` for sweeps.
+
+Learners fitted on features (`fits_features`: linear probe, Tip-Adapter) get the cached few-shot train and
+val features first (`learner.fit_features`), before Lightning's training if they also train (Tip-Adapter-F,
+then `learner.finish_fit`). A learner that cannot score other classes (`scores_unseen_classes=False`) has
+those evaluations recorded as not applicable, with the reason, instead of run.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from promptlab.engine.build import (
     resolve_epochs,
     save_learner,
 )
-from promptlab.engine.module import PromptLearningModule
+from promptlab.engine.module import EpochSelector, PromptLearningModule
 from promptlab.errors import ConfigError
 from promptlab.logs import quiet_libraries
 from promptlab.protocols import get_protocol
@@ -99,6 +104,11 @@ def summary_of(cfg: DictConfig, epochs: int, learner: Any = None, precision: str
     n_ctx = getattr(learner, "n_ctx", None) if learner is not None else method.learner.get("n_ctx")
     if n_ctx is not None:
         summary["n_ctx"] = int(n_ctx)
+    text_prompts = getattr(learner, "text_prompts", None)
+    if text_prompts is not None:
+        # Which hand-written prompts ran; a value that varies in a sweep also splits the result table's rows.
+        summary["prompts"] = str(cfg.prompts.templates)
+        summary.update(text_prompts.summary())
     generator = cfg.dataset.get("generator")
     if generator is not None:
         summary["spurious"] = float(generator.spurious)
@@ -120,22 +130,56 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = PromptLearningModule(
         clip, learner, optimizer=optimizer_factory(method), lr=lr, max_epochs=max(epochs, 1),
         warmup_epochs=int(optim.warmup_epochs), warmup_lr=float(optim.warmup_lr), run_name=str(cfg.run_name),
+        schedule_unit=choice(optim.get("schedule_unit", "epoch")),
     )
+    trains = learner.trainable and epochs > 0
+    selector = None
+    if trains and learner.selects_epoch:
+        selector = EpochSelector(split="test" if getattr(learner, "select_on_test", False) else "val")
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max(epochs, 1), logger=build_loggers(cfg, run_dir),
-                                     use_distributed_sampler=False, default_root_dir=str(run_dir))
+                                     use_distributed_sampler=False, default_root_dir=str(run_dir),
+                                     callbacks=[selector] if selector is not None else None)
     # Lightning may change the precision (16-mixed falls back to bf16-mixed on CPU): encode features as it runs.
     datamodule.precision = str(trainer.precision)
     t_setup = time.perf_counter()
-    fit_s = 0.0
-    if learner.trainable and epochs > 0:
+    fit_notes: list[str] = []
+    fit_summary: dict[str, Any] = {}
+    fit_data = None
+    if learner.fits_features:
+        module.to(trainer.strategy.root_device)  # encode and fit on the run's device
+        fit_data = datamodule.fit_features()  # few-shot train and val only: the test split is not read
+        if cfg.get("load_prompt"):
+            fit_notes.append(f"fitted state loaded from {cfg.load_prompt}")  # not fitted again
+        else:
+            fit_notes.append(_chosen_note(learner.fit_features(clip, fit_data)))
+    if selector is not None:
+        _held_out(selector, data, datamodule, fit_data)
+    if trains:
         trainer.fit(module, datamodule=datamodule)
-        fit_s = time.perf_counter() - t_setup
+        if fit_data is not None:
+            fit_notes.append(_chosen_note(learner.finish_fit(clip, fit_data)))
+    if selector is not None and selector.best is not None:
+        fit_summary["epoch_selected_on"] = selector.split
+        fit_notes.append(f"epoch {selector.summary()['selected_epoch']} of {epochs} kept: best accuracy on the "
+                         f"{selector.split} split ({', '.join(f'{a:.2f}' for a in selector.history)} by epoch)")
+        if selector.split != "val":
+            fit_notes.append("EPOCH SELECTED ON THE TEST SET (method.learner.select_on_test=true, the reference's "
+                             "choice): the test accuracy is optimistic, not a held-out estimate")
+    fit_s = time.perf_counter() - t_setup if (trains or learner.fits_features) else 0.0
     if trainer.is_global_zero and learner.trainable:
         save_learner(run_dir / "prompt_learner.pt", learner, cfg)
 
     t_eval = time.perf_counter()
     evaluations = []
     for eval_set in data.eval_sets:
+        if not learner.scores_unseen_classes and list(eval_set.classnames) != list(data.train_classnames):
+            reason = learner.unseen_classes_reason or f"{type(learner).__name__} cannot score other classes"
+            evaluations.append({
+                "name": eval_set.name, "dataset": eval_set.dataset, "subset": eval_set.subset,
+                "n_images": len(eval_set.items), "n_classes": len(eval_set.classnames), "not_applicable": reason,
+            })
+            fit_notes.append(f"evaluation {eval_set.name!r} not applicable (not run): {reason}")
+            continue
         learner.set_classnames(clip, eval_set.classnames)
         datamodule.active_eval = eval_set
         trainer.test(module, datamodule=datamodule, verbose=False)
@@ -145,26 +189,45 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "n_images": module.last_eval["n_images"], "n_classes": len(eval_set.classnames),
         })
     eval_s = time.perf_counter() - t_eval
-    notes = list(data.notes)
+    notes = list(data.notes) + list(getattr(getattr(learner, "text_prompts", None), "notes", []))
     skipped = datamodule.train_skipped + [s for e in data.eval_sets for s in e.skipped]
     if skipped:
         notes.append(f"skipped {len(skipped)} unreadable images (on_error=skip): "
                      + ", ".join(s["impath"] for s in skipped[:20]))
     train_loss = trainer.callback_metrics.get("train/loss_epoch")
+    summary = summary_of(cfg, epochs if learner.trainable else 0, learner=learner,
+                         precision=str(trainer.precision), lr=lr if learner.trainable else None)
     return {
-        "summary": summary_of(cfg, epochs if learner.trainable else 0, learner=learner,
-                              precision=str(trainer.precision), lr=lr if learner.trainable else None),
+        "summary": {**summary, **fit_summary},
         "metrics": get_protocol(choice(cfg.protocol.name)).metrics(evaluations),
         "evaluations": evaluations,
         "timings": {"total_s": time.perf_counter() - t_start, "setup_s": t_setup - t_start, "fit_s": fit_s,
                     "eval_s": eval_s},
-        "notes": notes + ([f"final train loss {float(train_loss):.4f}"] if train_loss is not None else []),
+        "notes": notes + fit_notes
+        + ([f"final train loss {float(train_loss):.4f}"] if train_loss is not None else []),
         "trainer": trainer,
         "learner": learner,
         "clip": clip,
         "data": data,
         "datamodule": datamodule,
     }
+
+
+def _held_out(selector: EpochSelector, data: Any, datamodule: Any, fit_data: Any) -> None:
+    """Give the selector its held-out set: the few-shot val split, or (select_on_test, the Tip-Adapter-F
+    reference's choice) the source test set, the first evaluation, whose classes are the training classes."""
+    if selector.split == "test":
+        selector.features, selector.labels = datamodule.eval_features(data.eval_sets[0])
+        return
+    fit_data = fit_data if fit_data is not None else datamodule.fit_features()
+    if fit_data.val_labels.numel() == 0:
+        raise ConfigError("the epoch is chosen on the few-shot val split, which is empty (dataset val split).")
+    selector.features, selector.labels = fit_data.val, fit_data.val_labels
+
+
+def _chosen_note(chosen: dict[str, Any]) -> str:
+    return "fitted on the few-shot train/val features: " + ", ".join(
+        f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -194,7 +257,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer = result["trainer"]
     if trainer.is_global_zero:
-        if cfg.get("analysis", False):
+        if cfg.get("analysis", False) and result["learner"].direct_logits:
+            # The drift diagnostics compare learned class-text embeddings; these learners do not score by them.
+            log.warning("analysis=true skipped: %s does not classify by text embeddings", cfg.method.name)
+        elif cfg.get("analysis", False):
             from promptlab.analysis.runs import analyze_run_objects
 
             analyze_run_objects(run_dir, cfg, result)
@@ -236,7 +302,8 @@ def print_run(record: dict[str, Any], run_dir: Path) -> None:
     for column in ("evaluation", "classes", "images", "top-1 %"):
         table.add_column(column, justify="right" if column != "evaluation" else "left")
     for e in record["evaluations"]:
-        table.add_row(e["name"], str(e["n_classes"]), str(e["n_images"]), f"{e['acc']:.2f}")
+        acc = "n/a" if e.get("not_applicable") else f"{e['acc']:.2f}"
+        table.add_row(e["name"], str(e["n_classes"]), str(e["n_images"]), acc)
     if "hm" in record["metrics"]:
         table.add_row("HM", "", "", f"{record['metrics']['hm']:.2f}")
     console = Console()

@@ -59,7 +59,33 @@ def register_configs() -> None:
         cs.store(group="optimizer", name=name, node=node, package="method.optim.optimizer")
     OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
     OmegaConf.register_new_resolver("job_dirname", lambda overrides: job_dirname(list(overrides)), replace=True)
+    # Hand-written prompts (schema.PromptsConf): the template list a set name or file stands for, a builtin set
+    # by name (conf/dataset/imagenet*.yaml), and a description file's content hash.
+    OmegaConf.register_new_resolver("prompt_templates", _prompt_templates, replace=True)
+    OmegaConf.register_new_resolver("template_set", _template_set, replace=True)
+    OmegaConf.register_new_resolver("file_sha256", _file_sha256, replace=True)
     _registered = True
+
+
+def _prompt_templates(spec: str, dataset_templates: Any, ensemble_templates: Any, dataset_name: str) -> list[str]:
+    from promptlab.methods.prompts import resolve_templates
+
+    def as_list(value: Any) -> list[str] | None:
+        return None if value is None else [str(t) for t in value]
+
+    return resolve_templates(str(spec), as_list(dataset_templates), as_list(ensemble_templates), str(dataset_name))
+
+
+def _template_set(name: str) -> list[str]:
+    from promptlab.methods.prompts import builtin_template_set
+
+    return builtin_template_set(str(name))
+
+
+def _file_sha256(path: str | None) -> str | None:
+    from promptlab.methods.prompts import file_sha256
+
+    return file_sha256(path)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train", check: bool = True) -> DictConfig:

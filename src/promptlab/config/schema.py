@@ -57,6 +57,13 @@ class LrScaling(str, Enum):
     sqrt = "sqrt"
 
 
+class ScheduleUnit(str, Enum):
+    """What the cosine schedule counts: epochs (Dassl, CoOp) or iterations (Tip-Adapter-F)."""
+
+    epoch = "epoch"
+    step = "step"
+
+
 class WeightsDtype(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -108,8 +115,8 @@ class ModelConf:
     checkpoint: str | None = None  # a local OpenAI-format file (JIT archive or state dict); wins over the tag
     quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU
     weights_dtype: WeightsDtype = WeightsDtype.fp32  # the reference's fp16 weights are a known NaN source
-    truncate_text: bool = True  # stop the causal text transformer after the last EOT (exact)
-    share_prefix: bool = True  # prompts sharing [SOS, context] encode it once (exact)
+    truncate_text: bool = True  # stop the text transformer after the last EOT; only where exact (docs/backbones.md)
+    share_prefix: bool = True  # prompts sharing [SOS, context] encode it once; only where exact (docs/backbones.md)
     cache_dir: str | None = None  # open_clip's download cache
 
 
@@ -146,6 +153,8 @@ class DatasetConf:
     num_classes: int | None = None  # null: no check
     test_only: bool = False  # evaluation only (domain-generalisation targets): refused as a training source
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    # The dataset's prompt ensemble (prompts.templates=dataset_ensemble): the CLIP paper's, data/prompts.md.
+    ensemble_templates: list[str] | None = None
     # The reference's epochs by shot count, used when method.optim.epochs is null (CoOp).
     epochs_by_shots: dict[int, int] = field(default_factory=lambda: {1: 50, 2: 100, 4: 100, 8: 200, 16: 200})
     generator: ToyWorldGeneratorConf | None = None
@@ -157,11 +166,31 @@ class ProtocolConf:
     targets: dict[str, DatasetConf] = field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------- hand-written prompts
+@dataclass
+class PromptsConf:
+    """The hand-written prompts of zero-shot CLIP and of KgCoOp's frozen targets (promptlab.methods.prompts)."""
+
+    templates: str = "single"  # single (dataset.templates) | clip80 | dataset_ensemble | a template file's path
+    descriptions: str | None = None  # a JSON file class name -> sentences (CuPL); missing classes use templates
+    combine: bool = False  # described classes average their sentences together with the filled templates
+
+
+# The learners that read hand-written prompts get them resolved from `prompts` (config/registry.py resolvers),
+# so a run's saved config holds the exact template list and the description file's content hash.
+PROMPT_TEMPLATES = "prompt_templates:${prompts.templates},${dataset.templates},${dataset.ensemble_templates}," \
+    "${dataset.name}"
+PROMPT_DESCRIPTIONS_SHA256 = "file_sha256:${prompts.descriptions}"
+
+
 # --------------------------------------------------------------------------- methods
 @dataclass
 class ZeroShotLearnerConf:
     _target_: str = "promptlab.methods.ZeroShotPrompts"
-    templates: list[str] = II("dataset.templates")
+    templates: list[str] = II(PROMPT_TEMPLATES)
+    descriptions: str | None = II("prompts.descriptions")
+    descriptions_sha256: str | None = II(PROMPT_DESCRIPTIONS_SHA256)
+    combine_templates: bool = II("prompts.combine")
 
 
 @dataclass
@@ -190,8 +219,45 @@ class KgCoOpLearnerConf(CoOpLearnerConf):
     _target_: str = "promptlab.methods.KgCoOpPrompts"
     n_ctx: int = 4
     ctx_init: str | None = "a photo of a"
-    templates: list[str] = II("dataset.templates")
+    templates: list[str] = II(PROMPT_TEMPLATES)
+    descriptions: str | None = II("prompts.descriptions")
+    descriptions_sha256: str | None = II(PROMPT_DESCRIPTIONS_SHA256)
+    combine_templates: bool = II("prompts.combine")
     kg_weight: float = 8.0
+
+
+@dataclass
+class LinearProbeLearnerConf:
+    """Logistic regression on frozen image features, C searched on the few-shot val split (CoOp lpclip/)."""
+
+    _target_: str = "promptlab.methods.LinearProbe"
+    normalize: bool = True  # false: un-normalised features, as the reference
+    c_grid: list[float] = field(default_factory=lambda: [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6])
+    search_steps: int = 8  # log10 bisection steps around the best grid value
+    max_iter: int = 1000
+
+
+@dataclass
+class TipAdapterLearnerConf:
+    """Training-free cache model (Tip-Adapter). search_scale / search_step are [beta, alpha], the reference's
+    order; the defaults are its ImageNet / OxfordPets values (per-dataset ones in conf/method_dataset)."""
+
+    _target_: str = "promptlab.methods.TipAdapter"
+    templates: list[str] = II(PROMPT_TEMPLATES)  # the zero-shot part follows prompts.templates
+    init_alpha: float = 1.17
+    init_beta: float = 1.0
+    search: bool = True  # alpha/beta grid search on the few-shot val split
+    search_scale: list[float] = field(default_factory=lambda: [7.0, 3.0])
+    search_step: list[int] = field(default_factory=lambda: [200, 20])
+
+
+@dataclass
+class TipAdapterFLearnerConf(TipAdapterLearnerConf):
+    """Tip-Adapter-F: the cache keys become a trainable linear layer. select_on_test=true keeps the epoch with
+    the best TEST accuracy (the reference's choice, Tip-Adapter#11); the default selects on the val split."""
+
+    _target_: str = "promptlab.methods.TipAdapterF"
+    select_on_test: bool = False
 
 
 @dataclass
@@ -218,14 +284,17 @@ class OptimConf:
     """Optimiser and schedule: Dassl's constant warm-up then cosine over `epochs`, stepped per epoch."""
 
     # A _partial_ optimiser node from the optimizer group (sgd: the reference), placed here; lr is passed
-    # when it is built. None in the schema, so that choosing another optimiser replaces it rather than merging.
-    optimizer: Any = None
+    # when it is built. MISSING in the schema: the optimizer group is composed before the method (train.yaml)
+    # so that a method file can override its choice (tip_adapter_f: adamw), and merging the method's schema
+    # must keep the chosen node (a MISSING value never replaces one; None would).
+    optimizer: Any = MISSING
     lr: float = 0.002
     lr_scaling: LrScaling = LrScaling.none
     reference_batch_size: int = 32  # the batch size `lr` was tuned for
     epochs: int | None = None  # null: dataset.epochs_by_shots at the run's shot count
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+    schedule_unit: ScheduleUnit = ScheduleUnit.epoch  # step: cosine over epochs x iterations, no warm-up
 
 
 @dataclass
@@ -281,6 +350,35 @@ class KgCoOpMethodConf(MethodConf):
     learner: KgCoOpLearnerConf = field(default_factory=KgCoOpLearnerConf)
     optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=100, reference_batch_size=128))
     loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=128))
+
+
+@dataclass
+class LinearProbeMethodConf(MethodConf):
+    name: str = "linear_probe"
+    display_name: str = "Linear probe"
+    learner: LinearProbeLearnerConf = field(default_factory=LinearProbeLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=0))  # closed-form fit, no epochs
+
+
+@dataclass
+class TipAdapterMethodConf(MethodConf):
+    name: str = "tip_adapter"
+    display_name: str = "Tip-Adapter"
+    learner: TipAdapterLearnerConf = field(default_factory=TipAdapterLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=0))
+
+
+@dataclass
+class TipAdapterFMethodConf(MethodConf):
+    """The reference's training: AdamW lr 1e-3 eps 1e-4 (conf/method/tip_adapter_f.yaml picks adamw), cosine per
+    iteration, 20 epochs, batch 256."""
+
+    name: str = "tip_adapter_f"
+    display_name: str = "Tip-Adapter-F"
+    learner: TipAdapterFLearnerConf = field(default_factory=TipAdapterFLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: OptimConf(
+        lr=1e-3, epochs=20, warmup_epochs=0, reference_batch_size=256, schedule_unit=ScheduleUnit.step))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=256))
 
 
 # --------------------------------------------------------------------------- trainer, loggers
@@ -352,6 +450,7 @@ class TrainConfig:
     dataset: DatasetConf = MISSING
     method: Any = MISSING  # one of the MethodConf subclasses, chosen by the method group
     protocol: ProtocolConf = MISSING
+    prompts: PromptsConf = field(default_factory=PromptsConf)  # zero-shot / KgCoOp prompts: template set, descriptions
     trainer: TrainerConf = MISSING
     logger: dict[str, Any] = field(default_factory=dict)  # name -> a Lightning logger _target_ node
     loader: LoaderConf = field(default_factory=LoaderConf)
@@ -371,6 +470,9 @@ METHOD_SCHEMAS: dict[str, type[MethodConf]] = {
     "coop": CoOpMethodConf,
     "cocoop": CoCoOpMethodConf,
     "kgcoop": KgCoOpMethodConf,
+    "linear_probe": LinearProbeMethodConf,
+    "tip_adapter": TipAdapterMethodConf,
+    "tip_adapter_f": TipAdapterFMethodConf,
 }
 
 LOGGER_SCHEMAS: dict[str, type] = {

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from promptlab.config.schema import PRECISIONS, Augment, ProtocolName, TrainCache
+from promptlab.config.schema import PRECISIONS, Augment, ProtocolName, ScheduleUnit, TrainCache
 from promptlab.errors import ConfigError
 
 
@@ -122,6 +122,7 @@ def problems(cfg: DictConfig) -> list[str]:
             check_context(int(learner.n_ctx), learner.get("ctx_init"))
         except ConfigError as err:
             found.append(str(err))
+    found += _baseline_problems(method)
     if "class_chunk" in learner and learner.class_chunk is not None:
         need(learner.class_chunk >= 1, f"method.learner.class_chunk={learner.class_chunk}: must be at least 1 or null.")
     protocol = cfg.protocol.name
@@ -145,7 +146,53 @@ def problems(cfg: DictConfig) -> list[str]:
             "protocol=domain_generalization)."
         )
     found += _reader_problems(cfg)
+    found += _prompt_problems(cfg)
     return found
+
+
+def _prompt_problems(cfg: DictConfig) -> list[str]:
+    """An unknown template set, an unreadable template or description file: named before anything loads."""
+    from promptlab.methods.prompts import read_descriptions, resolve_templates
+
+    prompts = cfg.get("prompts")
+    if prompts is None:  # a config saved before prompts existed
+        return []
+    out = []
+    dataset = cfg.dataset
+    for check in (lambda: resolve_templates(prompts.templates, dataset.templates, dataset.get("ensemble_templates"),
+                                            dataset.name),
+                  lambda: prompts.descriptions is not None and read_descriptions(prompts.descriptions)):
+        try:
+            check()
+        except ConfigError as err:
+            out.append(str(err))
+    if prompts.combine and prompts.descriptions is None:
+        out.append("prompts.combine=true without prompts.descriptions: it adds the templates to the described "
+                   "classes' sentences, so it needs a description file.")
+    return out
+
+
+def _baseline_problems(method: DictConfig) -> list[str]:
+    """Ranges of the linear probe's C search and Tip-Adapter's alpha/beta grid, and the per-iteration schedule."""
+    learner, optim = method.learner, method.optim
+    out = []
+    if "c_grid" in learner:
+        if not learner.c_grid or any(c <= 0 for c in learner.c_grid):
+            out.append(f"method.learner.c_grid={list(learner.c_grid)}: needs at least one C, every C > 0.")
+        if learner.search_steps < 0 or learner.max_iter < 1:
+            out.append(f"method.learner.search_steps={learner.search_steps} / max_iter={learner.max_iter}: "
+                       "search_steps >= 0 and max_iter >= 1.")
+    if "search_scale" in learner:
+        scale, steps = list(learner.search_scale), list(learner.search_step)
+        if len(scale) != 2 or len(steps) != 2 or any(s <= 0.1 for s in scale) or any(n < 1 for n in steps):
+            out.append(f"method.learner.search_scale={scale} / search_step={steps}: pairs [beta, alpha] with each "
+                       "scale > 0.1 (the grid starts at 0.1) and each step count >= 1.")
+        if learner.init_alpha < 0 or learner.init_beta < 0:
+            out.append(f"method.learner.init_alpha={learner.init_alpha} / init_beta={learner.init_beta}: must be >= 0.")
+    if optim.get("schedule_unit") == ScheduleUnit.step and optim.warmup_epochs != 0:
+        out.append(f"method.optim.schedule_unit=step with warmup_epochs={optim.warmup_epochs}: the per-iteration "
+                   "cosine (Tip-Adapter-F) has no warm-up; set method.optim.warmup_epochs=0.")
+    return out
 
 
 def _reader_problems(cfg: DictConfig) -> list[str]:

@@ -55,7 +55,7 @@ def effective_lr(method: DictConfig) -> float:
 
 def optimizer_factory(method: DictConfig) -> Callable[..., torch.optim.Optimizer]:
     """The optimiser of method.optim.optimizer as a partial that takes (params, lr=...)."""
-    node = method.optim.get("optimizer")
+    node = OmegaConf.select(method, "optim.optimizer", default=None, throw_on_missing=False)
     if node is None:  # composed without the optimizer group (e.g. a hand-made config): the reference SGD
         node = OmegaConf.structured(SGDConf)
     return instantiate(node, _convert_="all")
@@ -145,6 +145,7 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
         train_views=int(loader.train_views), eval_cache=bool(cfg.eval_cache),
         cache_dir=Path(cfg.paths.cache_dir), on_error=choice(cfg.loader.on_error),
         precision=str(cfg.trainer.precision), seed=int(cfg.seed),
+        val_items=data.val_items, normalize_features=bool(getattr(learner, "normalized_features", True)),
     )
     return RunParts(clip, data, learner, datamodule)
 

@@ -1,9 +1,11 @@
 """The LightningDataModule: few-shot training data and the evaluation sets of a protocol.
 
 Training batches carry images, or precomputed frozen features when that is exact (see features.py).
-Evaluation batches carry test features from the on-disk cache. Under DDP every evaluation image is
-seen exactly once: each rank reads a disjoint shard (no DistributedSampler padding, whose duplicated
-images would change the accuracy), and torchmetrics sums the counts across ranks.
+Evaluation batches carry test features from the on-disk cache. Learners fitted on features (linear probe,
+Tip-Adapter) get the few-shot train and val features from `fit_features`, which never touches test data.
+Under DDP every evaluation image is seen exactly once: each rank reads a disjoint shard (no
+DistributedSampler padding, whose duplicated images would change the accuracy), and torchmetrics sums
+the counts across ranks.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from promptlab.data.transforms import CLIP_MEAN, CLIP_STD, build_transform
 from promptlab.data.types import Datum, EvalSet
 from promptlab.engine.features import cache_key, cached_features, encode_images
 from promptlab.errors import ConfigError
+from promptlab.methods.base import FitFeatures
 from promptlab.models.frozen import FrozenCLIP
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,11 @@ class PromptDataModule(L.LightningDataModule):
         seed: int = 0,
         image_mean: tuple[float, ...] = CLIP_MEAN,
         image_std: tuple[float, ...] = CLIP_STD,
+        val_items: list[Datum] | None = None,
+        normalize_features: bool = True,
     ) -> None:
+        """`val_items`: the few-shot validation split (for learners that choose hyper-parameters on it);
+        `normalize_features=False`: every cached feature un-normalised (a learner that asks for it)."""
         super().__init__()
         if train_cache not in ("auto", "on", "off"):
             raise ConfigError(f"train_cache={train_cache!r}; expected auto, on or off.")
@@ -86,7 +93,9 @@ class PromptDataModule(L.LightningDataModule):
             )
         self.clip = clip
         self.train_items = train_items
+        self.val_items = list(val_items or [])
         self.eval_sets = eval_sets
+        self.normalize_features = normalize_features
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.augment, self.train_cache, self.train_views = augment, train_cache, train_views
@@ -116,7 +125,12 @@ class PromptDataModule(L.LightningDataModule):
 
     def _encode(self, dataset: ImageDataset, label: str) -> torch.Tensor:
         return encode_images(self.clip, dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers,
-                             device=self._device(), precision=self.precision, desc=label)
+                             device=self._device(), precision=self.precision, desc=label,
+                             normalize=self.normalize_features)
+
+    def _key(self, items: list[Datum], transform: object) -> str:
+        # Un-normalised features are other numbers: they must never share a cache entry with normalised ones.
+        return cache_key(self.clip, items, transform, self.precision, extra="" if self.normalize_features else "raw")
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is None:
@@ -139,7 +153,7 @@ class PromptDataModule(L.LightningDataModule):
         self.train_skipped = dataset.skipped
         labels = torch.tensor([item.label for item in dataset.items])
         if self.augment == "none":
-            key = cache_key(self.clip, dataset.items, self.train_transform, self.precision)
+            key = self._key(dataset.items, self.train_transform)
             feats = cached_features(self.cache_dir, key, lambda: self._encode(dataset, "train images"),
                                     "few-shot train")
             return FeatureDataset(feats, labels)
@@ -150,6 +164,30 @@ class PromptDataModule(L.LightningDataModule):
             for k in range(self.train_views):
                 views.append(self._encode(dataset, f"train view {k + 1}/{self.train_views}"))
         return FeatureDataset(torch.stack(views), labels)
+
+    def fit_features(self) -> FitFeatures:
+        """Frozen features of the few-shot train and val splits (a closed-form fit's whole input).
+
+        Train: the cached training features when training uses them (one view, or K augmented views), else the
+        images once through the test transform (deterministic, as the linear-probe reference). Val: the test
+        transform. Neither reads the test split.
+        """
+        self.setup("fit")
+        dataset = self._train_dataset
+        if isinstance(dataset, FeatureDataset):
+            train, train_labels = dataset.features, dataset.labels
+        else:
+            train, train_labels = self._split_features(self.train_items, "few-shot train (test transform)")
+        val, val_labels = self._split_features(self.val_items, "few-shot val")
+        return FitFeatures(train=train, train_labels=train_labels, val=val, val_labels=val_labels)
+
+    def _split_features(self, items: list[Datum], label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if not items:
+            return torch.empty(0, self.clip.embed_dim), torch.empty(0, dtype=torch.long)
+        dataset = ImageDataset(items, self.test_transform, on_error=self.on_error)
+        labels = torch.tensor([item.label for item in dataset.items])
+        key = self._key(dataset.items, self.test_transform)
+        return cached_features(self.cache_dir, key, lambda: self._encode(dataset, label), label), labels
 
     def train_dataloader(self) -> DataLoader:
         assert self._train_dataset is not None, "setup('fit') must run first"
@@ -175,7 +213,7 @@ class PromptDataModule(L.LightningDataModule):
         dataset = ImageDataset(eval_set.items, self.test_transform, on_error=self.on_error)
         eval_set.skipped = dataset.skipped
         labels = torch.tensor([item.label for item in dataset.items])
-        key = cache_key(self.clip, dataset.items, self.test_transform, self.precision)
+        key = self._key(dataset.items, self.test_transform)
         if key not in self._eval_features:
             cache_dir = self.cache_dir if self.eval_cache else None
             self._eval_features[key] = cached_features(

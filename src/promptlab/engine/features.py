@@ -48,15 +48,17 @@ def encode_images(
     device: torch.device | str = "cpu",
     precision: str = "32",
     desc: str = "encode images",
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """Normalised image embeddings [N, D] (float32, CPU) of a dataset yielding dict(image=...)."""
+    """Image embeddings [N, D] (float32, CPU) of a dataset yielding dict(image=...), normalised unless told."""
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     out = []
     with autocast_context(precision, device):
         for batch in tqdm(loader, desc=desc, leave=False, disable=None):
-            out.append(clip.encode_image(batch["image"].to(device, non_blocking=True)).float().cpu())
+            images = batch["image"].to(device, non_blocking=True)
+            out.append(clip.encode_image(images, normalize=normalize).float().cpu())
     return torch.cat(out) if out else torch.empty(0, clip.embed_dim)
 
 

@@ -3,10 +3,13 @@
 Zero-shot is the same module with a fixed prompt and no fitting. Only the learner's tensors are
 trainable, handed to the optimiser and saved in checkpoints; the frozen CLIP is rebuilt from its
 config. Evaluation on another class list (novel classes, another dataset) is `learner.set_classnames`.
+A learner with `direct_logits` (linear probe, Tip-Adapter) scores images itself (`learner.logits`), in
+training and evaluation alike.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from functools import partial
@@ -75,6 +78,7 @@ class PromptLearningModule(L.LightningModule):
         warmup_epochs: int = _OPTIM.warmup_epochs,
         warmup_lr: float = _OPTIM.warmup_lr,
         run_name: str = "run",
+        schedule_unit: str = "epoch",
     ) -> None:
         """`optimizer(params, lr=...)` builds the optimiser (None: the reference SGD); defaults are the schema's
         (promptlab.config.schema.OptimConf), the single place where they are written."""
@@ -85,6 +89,7 @@ class PromptLearningModule(L.LightningModule):
         self.lr = lr
         self.max_epochs, self.warmup_epochs, self.warmup_lr = max_epochs, warmup_epochs, warmup_lr
         self.run_name = run_name
+        self.schedule_unit = str(getattr(schedule_unit, "value", schedule_unit))
         self.train_acc = MulticlassAccuracy(num_classes=max(len(learner.classnames), 2), average="micro")
         self._eval_text: torch.Tensor | None = None
         self.eval_counts = CountMetric()
@@ -94,9 +99,11 @@ class PromptLearningModule(L.LightningModule):
     def image_features(self, batch: dict[str, Any]) -> torch.Tensor:
         if "feature" in batch:
             return batch["feature"].float()
-        return self.clip.encode_image(batch["image"])
+        return self.clip.encode_image(batch["image"], normalize=self.learner.normalized_features)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        if self.learner.direct_logits:
+            return self.learner.logits(self.clip, image_features)
         text = self.learner(self.clip, image_features)
         return logits_from_features(image_features, text.float(), self.clip.logit_scale())
 
@@ -108,12 +115,15 @@ class PromptLearningModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         feats = self.image_features(batch)
-        text = self.learner(self.clip, feats)
-        logits = logits_from_features(feats, text.float(), self.clip.logit_scale())
         labels = batch["label"]
+        if self.learner.direct_logits:
+            text, logits = None, self.learner.logits(self.clip, feats)
+        else:
+            text = self.learner(self.clip, feats)
+            logits = logits_from_features(feats, text.float(), self.clip.logit_scale())
         ce = F.cross_entropy(logits, labels)
         loss = ce
-        extra = self.learner.regularization(self.clip, text.float())
+        extra = None if text is None else self.learner.regularization(self.clip, text.float())
         if extra is not None:
             loss = loss + extra
             self.log("train/reg", extra.detach(), on_step=False, on_epoch=True)
@@ -132,6 +142,12 @@ class PromptLearningModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.learner.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params, lr=self.lr)
+        if self.schedule_unit == "step":
+            # Tip-Adapter-F: CosineAnnealingLR(T_max = epochs x iterations) stepped every iteration, no warm-up.
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            per_step = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": per_step, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda epoch: warmup_cosine_factor(epoch, self.max_epochs, self.warmup_epochs, self.warmup_lr, self.lr),
@@ -142,7 +158,7 @@ class PromptLearningModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.eval_counts = CountMetric().to(self.device)
         self._eval_text = None
-        if not self.learner.instance_conditional:
+        if not self.learner.instance_conditional and not self.learner.direct_logits:
             with torch.no_grad():  # static prompts: one text pass for the whole test set
                 self._eval_text = self.learner(self.clip, None).float()
 
@@ -163,6 +179,16 @@ class PromptLearningModule(L.LightningModule):
         self.log("test/acc", acc, sync_dist=False)
         self._eval_text = None
 
+    # ----------------------------------------------------------------- epoch selection
+    @torch.no_grad()
+    def accuracy_on(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> tuple[int, int]:
+        """(correct, total) of the current learner on held-out features of its training class list."""
+        correct = 0
+        for start in range(0, labels.shape[0], batch_size):
+            feats = features[start : start + batch_size].to(self.device).float()
+            correct += int((self(feats).argmax(dim=-1).cpu() == labels[start : start + batch_size]).sum())
+        return correct, int(labels.shape[0])
+
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         # Only the learned tensors: the frozen CLIP is rebuilt from its config (a CoOp checkpoint is KBs).
@@ -171,3 +197,35 @@ class PromptLearningModule(L.LightningModule):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         learner_state = {k.removeprefix("learner."): v for k, v in state_dict.items() if k.startswith("learner.")}
         return self.learner.load_state_dict(learner_state, strict=strict, assign=assign)
+
+
+class EpochSelector(L.Callback):
+    """Keeps the learner's state of the epoch with the best accuracy on held-out features and restores it when
+    training ends (Tip-Adapter-F). The first strict maximum wins; every rank evaluates the whole set."""
+
+    def __init__(self, features: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 split: str = "val") -> None:
+        """`split` names the held-out set for the record; the features may be given later (before fit)."""
+        self.features, self.labels, self.split = features, labels, split
+        self.best: tuple[int, int] | None = None  # (correct, epoch)
+        self.history: list[float] = []
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:
+        if self.features is None or self.labels is None:
+            raise RuntimeError("EpochSelector: no held-out features were given before training.")
+        correct, total = pl_module.accuracy_on(self.features, self.labels)
+        self.history.append(accuracy_percent(correct, total))
+        if self.best is None or correct > self.best[0]:
+            self.best = (correct, trainer.current_epoch)
+            self._state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.learner.state_dict().items()})
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:
+        if self._state is not None:
+            pl_module.learner.load_state_dict(self._state)
+
+    def summary(self) -> dict[str, Any]:
+        """What the record says about the choice (epochs 1-based)."""
+        if self.best is None:
+            return {}
+        return {"selected_epoch": self.best[1] + 1, "selected_on": self.split}

@@ -9,6 +9,7 @@ state dict holds only what it learns (a CoOp checkpoint is a few KB).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,8 +22,20 @@ class PromptLearner(nn.Module):
 
     #: True when the text embeddings depend on the image (CoCoOp): evaluation cannot share them.
     instance_conditional: bool = False
-    #: False for methods with nothing to fit (zero-shot).
+    #: False for methods with nothing to fit by gradient descent (zero-shot, closed-form baselines).
     trainable: bool = True
+    #: True when the learner scores images itself (`logits`) instead of by cosine with its text embeddings.
+    direct_logits: bool = False
+    #: True when the learner is fitted on cached features by `fit_features` before (or instead of) training.
+    fits_features: bool = False
+    #: False when it cannot score classes it was not fitted on (a linear probe): train.py then records such
+    #: evaluations (novel classes, other datasets) as not applicable, with `unseen_classes_reason`.
+    scores_unseen_classes: bool = True
+    unseen_classes_reason: str = ""
+    #: False when the learner wants un-normalised image features (the data module encodes them so).
+    normalized_features: bool = True
+    #: True when the trained epoch is chosen on held-out data (train.py adds an EpochSelector).
+    selects_epoch: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -39,6 +52,32 @@ class PromptLearner(nn.Module):
     def regularization(self, clip: FrozenCLIP, text_features: torch.Tensor) -> torch.Tensor | None:
         """An extra loss term added to the cross-entropy (KgCoOp); None for most methods."""
         return None
+
+    def logits(self, clip: FrozenCLIP, image_features: torch.Tensor) -> torch.Tensor:
+        """Class scores [B, C] of the current class list (only for `direct_logits` learners)."""
+        raise NotImplementedError(f"{type(self).__name__} scores through its text embeddings (direct_logits=False).")
+
+    def fit_features(self, clip: FrozenCLIP, data: FitFeatures) -> dict[str, Any]:
+        """Fit on cached features of the few-shot train and val splits (never test data); returns what was
+        chosen (hyper-parameters) for the run record's summary."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form fit (fits_features=False).")
+
+    def finish_fit(self, clip: FrozenCLIP, data: FitFeatures) -> dict[str, Any]:
+        """Called after gradient training of a `fits_features` learner (e.g. a hyper-parameter search on val)."""
+        return {}
+
+
+@dataclass
+class FitFeatures:
+    """Frozen features of the few-shot splits, labels indexed in the training class list.
+
+    `train` is [N, D], or [K, N, D] for K cached augmented views per image; `val` is [M, D] (M may be 0).
+    """
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    val: torch.Tensor
+    val_labels: torch.Tensor
 
 
 def logits_from_features(

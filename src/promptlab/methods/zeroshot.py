@@ -1,38 +1,39 @@
-"""Zero-shot CLIP: hand-written templates around each class name, nothing to fit (Radford et al. 2021)."""
+"""Zero-shot CLIP: hand-written templates (or class descriptions) around each class name, nothing to fit
+(Radford et al. 2021). The prompt sources are in promptlab.methods.prompts."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from promptlab.errors import ConfigError
 from promptlab.methods.base import PromptLearner
+from promptlab.methods.prompts import TextPrompts, check_templates, class_embeddings
 from promptlab.models.frozen import FrozenCLIP
 
 
 def template_embeddings(clip: FrozenCLIP, templates: list[str], classnames: list[str]) -> torch.Tensor:
     """Normalised class embeddings [C, D] from one template, or the normalised mean over an ensemble."""
-    if not templates:
-        raise ConfigError("No zero-shot template given: set dataset.templates (or method.learner.templates).")
-    for template in templates:
-        if "{}" not in template:
-            raise ConfigError(f"Template {template!r} has no '{{}}' placeholder for the class name.")
-    names = [name.replace("_", " ") for name in classnames]
-    per_template = torch.stack([clip.encode_text([t.format(n) for n in names]) for t in templates])
-    # Ensembling as in CLIP's ImageNet notebook: average the normalised embeddings, renormalise.
-    return F.normalize(per_template.mean(dim=0), dim=-1)
+    check_templates(templates, "zero-shot templates (dataset.templates / prompts.templates)")
+    return class_embeddings(clip, templates, classnames)
 
 
 class ZeroShotPrompts(PromptLearner):
     trainable = False
 
-    def __init__(self, clip: FrozenCLIP, templates: list[str]) -> None:
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        templates: list[str],
+        descriptions: str | None = None,
+        descriptions_sha256: str | None = None,
+        combine_templates: bool = False,
+    ) -> None:
         super().__init__()
-        self.templates = list(templates)
+        self.text_prompts = TextPrompts(templates, descriptions, descriptions_sha256, combine_templates)
+        self.templates = self.text_prompts.templates
 
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
         self.classnames = list(classnames)
-        self.register_buffer("text_features", template_embeddings(clip, self.templates, classnames), persistent=False)
+        self.register_buffer("text_features", self.text_prompts.class_embeddings(clip, classnames), persistent=False)
 
     def forward(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
         return self.text_features

@@ -2,21 +2,26 @@
 
 An embedding is the encoder's feature after its projection, L2-normalised; logits are
 `logit_scale.exp()` times the cosine between image and class-text embeddings (CLIP, Radford et al. 2021).
-Prompt learners never touch open_clip internals directly: they build token embeddings and call
-`encode_token_embeddings`, which runs the text transformer exactly as open_clip's `encode_text` does.
+Prompt learners never touch open_clip internals: they build token embeddings and call
+`encode_token_embeddings`, which runs the text tower through its validated description (adapter.py) exactly
+as open_clip's `encode_text` does.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from promptlab.errors import ConfigError
-from promptlab.models.shared_prefix import encode_shared_prefix, supports_shared_prefix
+from promptlab.models.adapter import ClipAdapter, describe, encode_text_tower, preprocess_config, text_tower
+from promptlab.models.shared_prefix import encode_shared_prefix
+
+log = logging.getLogger(__name__)
 
 
 def encode_text_embeddings(
@@ -27,49 +32,92 @@ def encode_text_embeddings(
     With `truncate`, only the first L = max(EOT) + 1 positions run: the transformer is causal, so the
     feature at EOT depends only on the tokens before it, and slicing the positional embedding and the
     mask to L gives the same features at a fraction of the cost (docs/reference.md, "Text-encoder truncation").
+    Truncation is applied only where the adapter finds it exact (causal mask, pooling at the end token).
     """
-    length = embeddings.shape[1]
-    if truncate:
-        length = min(length, int(eot_index.max()) + 1)
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = embeddings[:, :length].to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
-    # Without the causal mask the attention silently becomes bidirectional (docs/reference.md, "Pitfalls").
-    attn_mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-    x = model.transformer(x, attn_mask=attn_mask)
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot_index]
-    proj = model.text_projection
-    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+    text = text_tower(model, type(model).__name__)
+    exact = text.causal and text.pool in ("argmax", "eos")
+    return encode_text_tower(text, embeddings, eot_index, truncate and exact, type(model).__name__)
+
+
+class BackboneMismatchError(ConfigError):
+    """A saved prompt was learned on another backbone (architecture or weights) than the run's model."""
 
 
 class FrozenCLIP(nn.Module):
     """An open_clip CLIP model with every weight frozen and the module pinned to eval mode."""
 
     def __init__(
-        self, model: nn.Module, tokenizer, checkpoint_id: str, truncate_text: bool = True, share_prefix: bool = True
+        self,
+        model: nn.Module,
+        tokenizer,
+        checkpoint_id: str,
+        truncate_text: bool = True,
+        share_prefix: bool = True,
+        name: str | None = None,
+        architecture: str | None = None,
     ) -> None:
         super().__init__()
-        if not hasattr(model, "token_embedding") or not hasattr(model, "transformer"):
-            raise ConfigError(  # the user picked the model (model.name)
-                f"{type(model).__name__} has no built-in text transformer (token_embedding/transformer); "
-                "promptlab supports open_clip CLIP models with the standard text tower "
-                "(ViT-*/RN* configs, not hf-text or CoCa models)."
-            )
+        self.name = name or type(model).__name__
+        # Validates the towers (UnsupportedBackboneError, a ConfigError, names the model and the reason).
+        self.adapter: ClipAdapter = describe(model, tokenizer, self.name, truncate_text, share_prefix)
         self.model = model
         self.tokenizer = tokenizer
         # Identifies the weights for the on-disk feature cache (a sha256 of the file, or name+tag).
         self.checkpoint_id = checkpoint_id
-        # The text transformer is causal, so the feature at the EOT position depends only on the tokens
-        # before it: running the first L = max(EOT)+1 positions instead of all 77 gives the same
-        # features at a fraction of the cost (docs/reference.md, "Text-encoder truncation"). False reproduces
-        # the reference.
-        self.truncate_text = truncate_text
-        # Prompts that start with the same tokens (CoOp's [SOS, context], one image's CoCoOp context) compute
-        # those positions once (shared_prefix.py); exact, and False runs every prompt in full.
-        self.share_prefix = share_prefix and supports_shared_prefix(model)
+        # What a saved prompt was trained on: architecture + weights (engine/build.py compares them).
+        self.architecture = architecture or self.name
+        # The exact speed-ups run only where they are exact (adapter.exact_speedups): the text transformer
+        # is causal and pools at the end token, so running the first L = max(EOT)+1 positions instead of all
+        # of them gives the same features (docs/reference.md, "Text-encoder truncation"), and prompts that
+        # start with the same tokens (CoOp's [SOS, context], one image's CoCoOp context) compute those
+        # positions once (shared_prefix.py). False reproduces the reference.
+        self.truncate_text = self.adapter.speedups["truncate_text"]
+        self.share_prefix = self.adapter.speedups["share_prefix"]
+        self._preprocess_cfg = preprocess_config(model)
+        if self.adapter.speedups["reason_off"]:
+            log.info("%s: %s.", self.name, self.adapter.speedups["reason_off"])
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
+
+    @property
+    def speedups(self) -> dict[str, Any]:
+        """Exact text speed-ups on/off and why (for the run record)."""
+        return dict(self.adapter.speedups)
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        """The backbone a prompt is tied to: a prompt learned on one is meaningless on another of the same width."""
+        return {"architecture": self.architecture, "weights": self.checkpoint_id}
+
+    def record(self) -> dict[str, Any]:
+        """What a run record says about the backbone: name, fingerprint, exact speed-ups, image preprocessing."""
+        return {"name": self.name, "fingerprint": self.fingerprint, "speedups": self.speedups,
+                "preprocess": self.preprocess_cfg}
+
+    def check_fingerprint(self, saved: dict[str, str] | None, source: str, strict: bool = True) -> list[str]:
+        """Compare the fingerprint stored with a prompt (`source`, e.g. its path) with this backbone.
+
+        Returns the differences (empty when equal). With `strict`, a difference raises BackboneMismatchError: a
+        prompt learned on one backbone loads silently into another of the same width and means nothing there
+        (HM 6 %). A prompt saved before fingerprints existed (`saved` None) is refused the same way.
+        """
+        if saved is None:
+            diffs = ["the prompt file stores no backbone fingerprint (saved before promptlab recorded it)"]
+        else:
+            diffs = [f"{key}: prompt {saved.get(key)!r}, this run {value!r}"
+                     for key, value in self.fingerprint.items() if saved.get(key) != value]
+        if diffs and strict:
+            raise BackboneMismatchError(
+                f"{source} was learned on another backbone than this run's {self.name}: {'; '.join(diffs)}. Load it "
+                "with the model config it was trained with, or set load_prompt_strict=false to load it anyway."
+            )
+        return diffs
+
+    @property
+    def preprocess_cfg(self) -> dict[str, Any]:
+        """open_clip's image preprocessing of the loaded model: size, mode, mean, std, interpolation, resize_mode."""
+        return dict(self._preprocess_cfg)
 
     def train(self, mode: bool = True) -> FrozenCLIP:
         # Frozen means frozen: Lightning calls .train() on every submodule at fit start; dropout or
@@ -79,17 +127,18 @@ class FrozenCLIP(nn.Module):
     # ----------------------------------------------------------------- properties
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.token_embedding.weight.dtype
+        """The text transformer's compute dtype (float16 for model.weights_dtype=fp16, whose token embedding stays
+        float32 as in the reference; feature-cache keys depend on it)."""
+        return self.adapter.text.cast_dtype()
 
     @property
     def ctx_dim(self) -> int:
         """Width of the text transformer (the size of one context vector)."""
-        return self.model.token_embedding.weight.shape[1]
+        return self.adapter.text.width
 
     @property
     def embed_dim(self) -> int:
-        proj = self.model.text_projection
-        return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+        return self.adapter.text.embed_dim
 
     @property
     def vis_dim(self) -> int:
@@ -98,41 +147,45 @@ class FrozenCLIP(nn.Module):
 
     @property
     def image_size(self) -> int:
-        size = self.model.visual.image_size
+        size = self.preprocess_cfg["size"]
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
     @property
     def context_length(self) -> int:
-        return int(self.model.positional_embedding.shape[0])
+        """Positions of prompt sequences (`tokenize`'s layout: the text tower's, plus a virtual start slot)."""
+        return self.adapter.text.context_length + self.adapter.start_slot
 
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp().float()
 
     # ----------------------------------------------------------------- image side
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised image embeddings, float32, shape [B, embed_dim]."""
-        features = self.model.encode_image(images.to(self._visual_dtype()))
-        return F.normalize(features.float(), dim=-1)
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings, float32, shape [B, embed_dim]; L2-normalised unless `normalize=False` (the
+        linear-probe reference fits un-normalised features)."""
+        features = self.model.encode_image(images.to(self._visual_dtype())).float()
+        return F.normalize(features, dim=-1) if normalize else features
 
     def _visual_dtype(self) -> torch.dtype:
-        return next(self.model.visual.parameters()).dtype
+        # The first convolution's dtype (as the reference's `image.type(self.dtype)`): with fp16 weights the
+        # class/positional embeddings stay float32, so the first parameter would be the wrong guess.
+        return self.adapter.vision.input_dtype
 
     # ----------------------------------------------------------------- text side
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(texts))
-        return tokens.to(self.model.token_embedding.weight.device)
+        """Token ids [N, context_length] laid out as [start, text, end, padding] (adapter.py, "Prompt layout")."""
+        tokens = self.adapter.tokenize(texts)
+        return tokens.to(self.adapter.text.token_embedding.weight.device)
 
     @torch.no_grad()
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings [N, context_length, ctx_dim] (no positional embedding yet)."""
-        return self.model.token_embedding(tokens)
+        return self.adapter.embed_tokens(tokens)
 
-    @staticmethod
-    def eot_index(tokens: torch.Tensor) -> torch.Tensor:
-        # The EOT token has the largest id in CLIP's vocabulary (49407): the reference and open_clip's
-        # default 'argmax' pooling both locate it with argmax.
-        return tokens.argmax(dim=-1)
+    def eot_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index of the end of each text (OpenAI CLIP: the EOT token, the largest id, found with argmax as in
+        the reference); the pooled position for towers that pool at the end token."""
+        return self.adapter.eot_index(tokens)
 
     def encode_token_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         """Run the text transformer on token embeddings and pool at the EOT index.
@@ -140,7 +193,7 @@ class FrozenCLIP(nn.Module):
         embeddings: [N, T, ctx_dim] with T <= context_length (prompt learners may already have cut the
         sequence to the needed length); eot_index: [N]. Returns normalised embeddings [N, embed_dim].
         """
-        feats = encode_text_embeddings(self.model, embeddings, eot_index, truncate=self.truncate_text)
+        feats = self.adapter.encode_embeddings(embeddings, eot_index, truncate=self.truncate_text)
         return F.normalize(feats.float(), dim=-1)
 
     def encode_prefix_suffix(self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
@@ -151,7 +204,8 @@ class FrozenCLIP(nn.Module):
         groups, p_len = prefix.shape[:2]
         n_cls = suffix.shape[-3]
         if self.share_prefix:
-            feats = encode_shared_prefix(self.model, prefix, suffix, eot_index - p_len)
+            slot = self.adapter.start_slot  # a virtual start slot is not part of the tower's sequence
+            feats = encode_shared_prefix(self.adapter.text, prefix[:, slot:], suffix, eot_index - p_len)
             return F.normalize(feats.float(), dim=-1)
         if suffix.dim() == 3:
             suffix = suffix.unsqueeze(0).expand(groups, -1, -1, -1)
@@ -171,5 +225,9 @@ class FrozenCLIP(nn.Module):
 
     def name_length(self, name: str) -> int:
         """Number of BPE tokens of a class name (without SOS/EOT), as the reference computes it."""
-        encode = getattr(self.tokenizer, "encode", None) or open_clip.tokenizer._tokenizer.encode
-        return len(encode(name))
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is not None:
+            return len(encode(name))
+        # Tokenizers without a bare `encode` (HF ones): the tokens between start and end.
+        tokens = self.tokenize([name])
+        return int(self.eot_index(tokens)[0]) - 1

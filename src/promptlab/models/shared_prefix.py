@@ -7,7 +7,8 @@ computed once per group and reused, as keys and values, by the class-specific po
 in the group (the key/value caching of autoregressive decoders). The result equals running each full
 prompt (up to float rounding) while the shared positions cost one pass per group instead of one per
 class. The blocks are open_clip's `ResidualAttentionBlock` (pre-LN, nn.MultiheadAttention, MLP); other
-block types are not supported here and callers fall back to the plain path (`supports_shared_prefix`).
+block types are not supported here: the adapter (adapter.py) switches this path off for them and for
+every tower where it would not be exact (no causal mask, pooling not at the end token).
 """
 
 from __future__ import annotations
@@ -15,17 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
-from torch import nn
 
-
-def supports_shared_prefix(model: nn.Module) -> bool:
-    transformer = getattr(model, "transformer", None)
-    blocks = getattr(transformer, "resblocks", None)
-    return (
-        blocks is not None
-        and getattr(transformer, "batch_first", False)
-        and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv") for b in blocks)
-    )
+from promptlab.models.adapter import TextTower
 
 
 def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -47,7 +39,7 @@ def _finish(block: ResidualAttentionBlock, x: torch.Tensor, heads: torch.Tensor)
 
 
 def encode_shared_prefix(
-    model: nn.Module, prefix: torch.Tensor, suffix: torch.Tensor, eot_in_suffix: torch.Tensor
+    text: TextTower, prefix: torch.Tensor, suffix: torch.Tensor, eot_in_suffix: torch.Tensor
 ) -> torch.Tensor:
     """Text features of G x K prompts [prefix_g, suffix_k] without repeating the prefix per prompt.
 
@@ -59,14 +51,14 @@ def encode_shared_prefix(
     if suffix.dim() == 3:
         suffix = suffix.unsqueeze(0).expand(groups, -1, -1, -1)
     n_cls, s_len = suffix.shape[1], suffix.shape[2]
-    cast = model.transformer.get_cast_dtype()
-    pos = model.positional_embedding.to(cast)
+    cast = text.cast_dtype()
+    pos = text.positional_embedding.to(cast)
     h_pre = prefix.to(cast) + pos[:p_len]
     h_suf = (suffix.to(cast) + pos[p_len : p_len + s_len]).reshape(groups * n_cls, s_len, width)
     # Suffix position i sees the whole prefix and suffix positions <= i (causal, as CLIP's mask).
     visible = torch.ones(s_len, p_len + s_len, dtype=torch.bool, device=prefix.device)
     visible[:, p_len:] = torch.tril(visible[:, p_len:])
-    for block in model.transformer.resblocks:
+    for block in text.transformer.resblocks:
         q_p, k_p, v_p = _qkv(block, h_pre)
         q_s, k_s, v_s = _qkv(block, h_suf)
         attn_pre = F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)
@@ -79,8 +71,6 @@ def encode_shared_prefix(
         attn_suf = F.scaled_dot_product_attention(q_s, keys, values, attn_mask=visible)
         h_pre = _finish(block, h_pre, attn_pre)
         h_suf = _finish(block, h_suf, attn_suf)
-    h_suf = model.ln_final(h_suf)
+    h_suf = text.ln_final(h_suf)
     pooled = h_suf[torch.arange(groups * n_cls, device=h_suf.device), eot_in_suffix.repeat(groups)]
-    proj = model.text_projection
-    pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
-    return pooled.view(groups, n_cls, -1)
+    return text.project(pooled).view(groups, n_cls, -1)

@@ -30,6 +30,9 @@ class ProtocolData:
     eval_sets: list[EvalSet]
     notes: list[str] = field(default_factory=list)
     source_splits: DatasetSplits | None = None
+    # The few-shot validation split of the training classes (labels as train_items'): what a learner may
+    # choose hyper-parameters on (linear probe's C, Tip-Adapter's alpha/beta), never the test split.
+    val_items: list[Datum] = field(default_factory=list)
 
 
 class MissingMetricError(KeyError):
@@ -82,6 +85,11 @@ class Protocol:
         for v in values:
             columns.update(dict.fromkeys(v))
         return list(columns)
+
+    def value_notes(self, record: Mapping[str, Any]) -> list[str]:
+        """Table notes a record brings (why a value is missing): one per evaluation recorded as not applicable."""
+        return [f"{record_label(record)}: {name} not applicable (shown as –): {reason}."
+                for name, reason in not_applicable(record).items()]
 
     def average(self, means: Mapping[str, Sequence[float]]) -> dict[str, float]:
         """An Average row's numbers from the per-dataset means of each column (only columns every averaged
@@ -161,8 +169,18 @@ def evaluation_accuracy(evaluation: Mapping[str, Any]) -> float:
 
 
 def accuracies(evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Accuracy (percent, from the counts) of each evaluation, by evaluation name."""
-    return {str(e["name"]): evaluation_accuracy(e) for e in evaluations}
+    """Accuracy (percent, from the counts) of each evaluation, by evaluation name; evaluations recorded as not
+    applicable (see `not_applicable`) have none and are left out."""
+    return {str(e["name"]): evaluation_accuracy(e) for e in evaluations if not e.get("not_applicable")}
+
+
+def not_applicable(record_or_evaluations: Any) -> dict[str, str]:
+    """Evaluation name -> the reason it was not run (a learner that cannot score those classes), of a record
+    or a list of evaluations."""
+    evaluations = record_or_evaluations
+    if isinstance(record_or_evaluations, Mapping):
+        evaluations = record_or_evaluations.get("evaluations", [])
+    return {str(e["name"]): str(e["not_applicable"]) for e in evaluations if e.get("not_applicable")}
 
 
 def require(accs: Mapping[str, float], protocol: str, *names: str) -> list[float]:
@@ -173,6 +191,12 @@ def require(accs: Mapping[str, float], protocol: str, *names: str) -> list[float
             f"{protocol} metrics need the evaluations {list(names)}; missing {missing} (got {sorted(accs)})."
         )
     return [accs[n] for n in names]
+
+
+def record_label(record: Mapping[str, Any]) -> str:
+    summary = record.get("summary", {})
+    method = summary.get("method_display", summary.get("method", "?"))
+    return f"{method} on {summary.get('dataset_display', summary.get('dataset', '?'))}"
 
 
 def record_metric(record: Mapping[str, Any], key: str) -> float:

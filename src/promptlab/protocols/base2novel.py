@@ -13,7 +13,9 @@ from promptlab.protocols.base import (
     accuracies,
     checked,
     eval_sets,
+    not_applicable,
     read_source,
+    record_label,
     record_metric,
     register,
     require,
@@ -46,20 +48,33 @@ class Base2Novel(Protocol):
         train = subsample_classes(few, "base")
         data = ProtocolData(train_items=train.train, train_classnames=train.classnames,
                             eval_sets=eval_sets(source, dataset_cfg["name"], ["base", "novel"]),
-                            notes=list(few.notes), source_splits=source)
+                            notes=list(few.notes), source_splits=source, val_items=train.val)
         return checked(data, dataset_cfg)
 
     def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-        base, novel = require(accuracies(evaluations), self.name, "base", "novel")
+        accs = accuracies(evaluations)
+        if "novel" in not_applicable(evaluations):
+            # A learner that cannot name novel classes (linear probe): base only, no made-up novel or HM.
+            (base,) = require(accs, self.name, "base")
+            return {"base_acc": base}
+        base, novel = require(accs, self.name, "base", "novel")
         return {"base_acc": base, "novel_acc": novel, "hm": harmonic_mean(base, novel)}
 
     def values(self, record: Mapping[str, Any]) -> dict[str, float]:
+        if "novel" in not_applicable(record):
+            return {"base": record_metric(record, "base_acc")}  # novel and HM show as missing, with a note
         base, novel = record_metric(record, "base_acc"), record_metric(record, "novel_acc")
         # Recomputed, not read from metrics["hm"], so every HM in a table comes from the one formula.
         return {"base": base, "novel": novel, "hm": harmonic_mean(base, novel)}
 
     def value_columns(self, values: Sequence[Mapping[str, float]]) -> list[str]:
         return ["base", "novel", "hm"]
+
+    def value_notes(self, record: Mapping[str, Any]) -> list[str]:
+        reason = not_applicable(record).get("novel")
+        if reason is None:
+            return []
+        return [f"{record_label(record)}: Novel and HM not applicable (shown as –): {reason}."]
 
     def average(self, means: Mapping[str, Sequence[float]]) -> dict[str, float]:
         out = super().average(means)

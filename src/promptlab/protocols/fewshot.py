@@ -39,7 +39,7 @@ class FewShot(Protocol):
         # protocol.targets is empty in conf/protocol/fewshot.yaml; extra targets are evaluated if given.
         sets += target_eval_sets(protocol_cfg, data_root)
         data = ProtocolData(train_items=few.train, train_classnames=few.classnames, eval_sets=sets,
-                            notes=list(few.notes), source_splits=source)
+                            notes=list(few.notes), source_splits=source, val_items=few.val)
         return checked(data, dataset_cfg)
 
     def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:

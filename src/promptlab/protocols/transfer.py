@@ -14,6 +14,7 @@ from promptlab.protocols.base import (
     checked,
     eval_sets,
     evaluation_accuracy,
+    not_applicable,
     read_source,
     record_metric,
     target_eval_sets,
@@ -43,16 +44,18 @@ class TransferProtocol(Protocol):
         sets = eval_sets(source, dataset_cfg["name"], ["all"], name=dataset_cfg["name"])
         sets += target_eval_sets(protocol_cfg, data_root)
         data = ProtocolData(train_items=few.train, train_classnames=few.classnames, eval_sets=sets,
-                            notes=list(few.notes), source_splits=source)
+                            notes=list(few.notes), source_splits=source, val_items=few.val)
         return checked(data, dataset_cfg)
 
     def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if not evaluations:
             raise ValueError(f"{self.name} metrics need at least the source evaluation; got none.")
-        accs = [evaluation_accuracy(e) for e in evaluations]
-        metrics = {f"{e['name']}_acc": acc for e, acc in zip(evaluations, accs, strict=True)}
-        if len(accs) > 1:  # evaluations[0] is the source
-            metrics["target_mean_acc"] = statistics.fmean(accs[1:])
+        # Targets recorded as not applicable (a learner that cannot score their classes) have no accuracy.
+        scored = [e for e in evaluations if not e.get("not_applicable")]
+        metrics = {f"{e['name']}_acc": evaluation_accuracy(e) for e in scored}
+        targets = [evaluation_accuracy(e) for e in scored if e is not evaluations[0]]  # evaluations[0]: the source
+        if targets:
+            metrics["target_mean_acc"] = statistics.fmean(targets)
         return metrics
 
     def values(self, record: Mapping[str, Any]) -> dict[str, float]:
@@ -76,6 +79,8 @@ class TransferProtocol(Protocol):
     @staticmethod
     def datasets(record: Mapping[str, Any]) -> tuple[str, list[str]]:
         """(source, targets) of a record: its evaluations' datasets, the source first."""
-        names = [str(e["dataset"]) for e in record.get("evaluations", []) if "dataset" in e]
+        skipped = not_applicable(record)
+        names = [str(e["dataset"]) for e in record.get("evaluations", [])
+                 if "dataset" in e and str(e.get("name")) not in skipped]
         source = str(record["summary"].get("dataset", names[0] if names else "?"))
         return source, [n for n in names if n != source]

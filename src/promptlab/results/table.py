@@ -314,6 +314,7 @@ def build_table(
         try:
             values.append(_record_values(proto, record, extra_metrics))
             usable.append(record)
+            notes += [note for note in proto.value_notes(record) if note not in notes]
         except MissingMetricError as exc:
             notes.append(f"skipped {record.get('run_dir', '?')}: {exc.args[0]}")
     if not usable:
