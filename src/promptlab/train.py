@@ -10,7 +10,16 @@ those evaluations recorded as not applicable, with the reason, instead of run.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,8 @@ from promptlab.logs import quiet_libraries
 from promptlab.protocols import get_protocol
 from promptlab.results.records import (
     STATUS_COMPLETE,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
     config_hash,
     error_record,
     is_complete,
@@ -242,14 +253,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("skipping %s: %s already holds a complete record of this config", cfg.run_name, run_dir)
         return read_record(run_dir)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    launch = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if _rank() == 0:
+        # A job killed without a chance to say so (SIGKILL, power loss) leaves this `running` record behind.
+        write_record(run_dir, make_record(run_dir, status=STATUS_RUNNING, summary=_safe_summary(cfg),
+                                          config_hash=digest, overrides=overrides, config=plain_cfg, launch=launch))
+    interruption = Interruption()
     try:
-        result = execute(cfg, run_dir)
+        with interrupt_signals() as interruption:
+            result = execute(cfg, run_dir)
     except BaseException as err:
-        if isinstance(err, KeyboardInterrupt) or _rank() == 0:
-            write_record(run_dir, error_record(run_dir, err, summary=_safe_summary(cfg), config_hash=digest,
-                                               overrides=overrides, config=plain_cfg))
+        if not (isinstance(err, KeyboardInterrupt) or interruption.signum is not None):
+            if _rank() == 0:
+                write_record(run_dir, error_record(run_dir, err, summary=_safe_summary(cfg), config_hash=digest,
+                                                   overrides=overrides, config=plain_cfg))
+            finish_wandb()
+            raise
+        # Ctrl-C or SIGTERM (pre-emption, scancel): say so, and how to go on.
+        if _rank() == 0:
+            write_record(run_dir, make_record(run_dir, status=STATUS_INTERRUPTED, summary=_safe_summary(cfg),
+                                              config_hash=digest, overrides=overrides, config=plain_cfg,
+                                              launch=launch))
         finish_wandb()
-        raise
+        print(f"promptlab: {cfg.run_name} interrupted; rerun the same command to resume (finished jobs are "
+              "skipped).", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     record = make_record(
         run_dir, status=STATUS_COMPLETE, summary=result["summary"], config_hash=digest, overrides=overrides,
         config=plain_cfg, metrics=result["metrics"], evaluations=result["evaluations"],
@@ -264,11 +293,47 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             from promptlab.analysis.runs import analyze_run_objects
 
             analyze_run_objects(run_dir, cfg, result)
-        write_record(run_dir, record)
+        try:
+            write_record(run_dir, record)
+        except OSError as err:  # the results are still shown; only the file is missing
+            log.error("could not write the run record %s: %s", run_dir / "metrics.json", err)
         _log_test_metrics(trainer, record)
         print_run(record, run_dir)
     finish_wandb()
     return record
+
+
+EXIT_INTERRUPTED = 130  # the shell's code for a job stopped by SIGINT
+
+
+@dataclass
+class Interruption:
+    """The signal that stopped the job, if any (Lightning turns a KeyboardInterrupt into SystemExit(1), so
+    the exception alone cannot tell an interruption from a failure)."""
+
+    signum: int | None = None
+
+
+@contextmanager
+def interrupt_signals() -> Iterator[Interruption]:
+    """Within the block, SIGINT (Ctrl-C) and SIGTERM (a cluster's pre-emption, `scancel`, `kill`) raise
+    KeyboardInterrupt and are remembered, so the job records `interrupted` instead of `failed` or nothing.
+    Main thread only (signal handlers cannot be set elsewhere)."""
+    state = Interruption()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        state.signum = signum
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _rank() -> int:

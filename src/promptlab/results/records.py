@@ -5,7 +5,7 @@ ran, from any machine, without importing the training code. Schema version 1 (fi
 
     {
       "schema": 1,
-      "status": "complete" | "failed" | "running",
+      "status": "complete" | "failed" | "running" | "interrupted",
       "run_dir": "<absolute path of the job's output dir when the record was written>",
       "config_hash": "<config_hash() of the resolved config>",     # resume: same hash + complete = skip
       "summary": {"protocol": "base2novel", "method": "coop", "dataset": "toyworld",
@@ -62,8 +62,9 @@ RECORD_FILENAME = "metrics.json"
 
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
-STATUS_RUNNING = "running"
-STATUSES = (STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING)
+STATUS_RUNNING = "running"  # written when a job starts: still running, or killed (SIGKILL, power loss)
+STATUS_INTERRUPTED = "interrupted"  # stopped by Ctrl-C or SIGTERM (pre-emption, scancel)
+STATUSES = (STATUS_COMPLETE, STATUS_FAILED, STATUS_RUNNING, STATUS_INTERRUPTED)
 
 REQUIRED_KEYS = ("schema", "status", "summary", "metrics")
 
@@ -108,8 +109,10 @@ def make_record(
     timings: Mapping[str, float] | None = None,
     notes: Iterable[str] = (),
     error: Mapping[str, str] | None = None,
+    launch: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A schema-1 record with every key present; `versions` is filled in here."""
+    """A schema-1 record with every key present; `versions` is filled in here. `launch`: where and when the
+    job started (pid, host, start time), so that a `running` record of a dead job can be told apart."""
     _check_status(status)
     return {
         "schema": SCHEMA_VERSION,
@@ -125,6 +128,7 @@ def make_record(
         "versions": package_versions(),
         "notes": list(notes),
         "error": dict(error) if error is not None else None,
+        "launch": dict(launch) if launch is not None else None,
     }
 
 
@@ -282,7 +286,7 @@ class SkippedRun:
     """A metrics.json that aggregation did not use, and why."""
 
     path: Path
-    status: str  # "failed", "running" (unfinished or killed) or "unreadable"
+    status: str  # "failed", "running" (unfinished or killed), "interrupted" or "unreadable"
     reason: str
 
     def __str__(self) -> str:
@@ -328,8 +332,13 @@ def scan_records(paths: Iterable[str | os.PathLike[str]]) -> RecordScan:
             error = record.get("error") or {}
             reason = f"{error.get('type', 'error')}: {error.get('message', 'no message recorded')}"
             scan.skipped.append(SkippedRun(file, STATUS_FAILED, reason))
+        elif record["status"] == STATUS_INTERRUPTED:
+            scan.skipped.append(SkippedRun(file, STATUS_INTERRUPTED, "stopped by Ctrl-C or SIGTERM; rerun to resume"))
         else:
-            scan.skipped.append(SkippedRun(file, STATUS_RUNNING, "not finished, or killed before the end"))
+            launch = record.get("launch") or {}
+            where = (f" (pid {launch.get('pid')} on {launch.get('host')}, started {launch.get('started')})"
+                     if launch else "")
+            scan.skipped.append(SkippedRun(file, STATUS_RUNNING, f"still running, or killed before the end{where}"))
     return scan
 
 
