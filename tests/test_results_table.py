@@ -290,14 +290,15 @@ def test_callback_aggregates_completed_runs_and_never_raises(tmp_path: Path, mon
     # With a wandb logger the tables go to W&B (captured here; the real logging is tested below).
     calls = []
     monkeypatch.setattr("promptlab.results.wandb_log.log_tables_to_wandb",
-                        lambda tables, figures, project, group, mode, config, dir: calls.append(
-                            (tables, figures, project, group, mode)))
+                        lambda tables, figures, project, group, mode, config, dir, files: calls.append(
+                            (tables, figures, project, group, mode, files)))
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}},
                                "logger": {"_target_": "lightning.pytorch.loggers.WandbLogger",
                                           "project": "toy", "offline": True}})
     AggregateOnMultirunEnd(quiet=True).on_multirun_end(config)
-    ((tables, figures, project, group, mode),) = calls
+    ((tables, figures, project, group, mode, files),) = calls
     assert [t.protocol for t in tables] == ["base2novel"]
+    assert {f.name for f in files} >= {"table_base2novel.md", "table_base2novel.csv", "table_base2novel.tex"}
     assert figures == [sweep / "table_base2novel.png"]
     assert (project, group, mode) == ("toy", "sweep", "offline")
 

@@ -41,6 +41,7 @@ from promptlab.engine.build import (
     finish_wandb,
     optimizer_factory,
     resolve_epochs,
+    run_label,
     save_learner,
 )
 from promptlab.engine.module import EpochSelector, PromptLearningModule
@@ -58,6 +59,7 @@ from promptlab.results.records import (
     read_record,
     write_record,
 )
+from promptlab.results.wandb_log import log_prompt_artifact
 
 log = logging.getLogger("promptlab")
 
@@ -179,6 +181,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fit_s = time.perf_counter() - t_setup if (trains or learner.fits_features) else 0.0
     if trainer.is_global_zero and learner.trainable:
         save_learner(run_dir / "prompt_learner.pt", learner, cfg)
+        log_prompt_artifact(trainer.loggers, run_dir / "prompt_learner.pt", run_label(cfg),
+                            {"method": cfg.method.name, "dataset": cfg.dataset.name, "seed": int(cfg.seed),
+                             "shots": int(cfg.shots), "backbone": cfg.model.display_name or cfg.model.name})
 
     t_eval = time.perf_counter()
     evaluations = []

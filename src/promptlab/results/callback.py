@@ -77,7 +77,7 @@ class AggregateOnMultirunEnd(Callback):
             log_tables_to_wandb(
                 result.tables, result.figure_paths, settings["project"], group, settings["mode"],
                 config={"sweep_dir": str(sweep_dir), "skipped_runs": [str(s) for s in result.skipped]},
-                dir=sweep_dir,
+                dir=sweep_dir, files=[p for key, p in result.paths.items() if key != "skipped_runs"],
             )
         except Exception as exc:  # noqa: BLE001 - W&B trouble must not fail the sweep either
             log.exception("promptlab: logging the tables to W&B failed: %s", exc)
