@@ -74,7 +74,14 @@ def test_hub_errors_are_caught_and_say_what_to_pass(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load this file")
 
     monkeypatch.setattr(loading_module.open_clip, "create_model", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(ClipLoadError, match=r"Cannot fetch pretrained weights 'openai'.*OSError.*model.checkpoint="):
+        load_clip(name="ViT-B-32", pretrained="openai")
+    # HF_HUB_OFFLINE is the user's switch: read at call time, the load fails fast without trying the hub.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading_module, "_tag_is_cached", lambda *args: False)
+    monkeypatch.setattr(loading_module.open_clip, "create_model", None)
+    with pytest.raises(ClipLoadError, match=r"Cannot fetch pretrained weights 'openai'.*HF_HUB_OFFLINE is set"):
         load_clip(name="ViT-B-32", pretrained="openai")
     assert not hasattr(loading_module, "socket") and not hasattr(loading_module, "_network_reachable")
 

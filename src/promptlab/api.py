@@ -109,11 +109,13 @@ def load_prompt(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     model_overrides: dict[str, Any] | None = None,
+    strict: bool = True,
 ) -> PromptClassifier:
     """Load a run's prompt_learner.pt with the backbone it was trained on and its training class names.
 
     `model_overrides` changes how the backbone is found without changing which one it is, e.g.
-    {"checkpoint": "/models/ViT-B-16.pt"} when the run used a path of another machine.
+    {"checkpoint": "/models/ViT-B-16.pt"} when the run used a path of another machine. A prompt whose stored
+    backbone fingerprint differs from the loaded backbone is refused unless strict=False.
     """
     from promptlab.models import load_clip_from_config
 
@@ -133,6 +135,6 @@ def load_prompt(
     learner = instantiate(method_cfg.learner, _convert_="all", clip=clip,
                           **learner_kwargs(method_cfg, names, seed=0))
     learner.set_classnames(clip, names)
-    load_learner(path, learner)
+    load_learner(path, learner, clip=clip, strict=strict)
     learner.to(device).eval()
     return PromptClassifier(clip=clip, learner=learner, config=method_cfg, device=device)

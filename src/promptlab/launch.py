@@ -18,6 +18,7 @@ LAUNCH_KEYS: tuple[str, ...] = (
     "analysis",
     "logger",
     "eval_cache",
+    "assign_gpus",
     "sweep_name",
     "resume",
     "launcher",

@@ -128,6 +128,31 @@ def summary_of(cfg: DictConfig, epochs: int, learner: Any = None, precision: str
     return summary
 
 
+def gpu_for_job(job_num: int, n_gpus: int) -> int:
+    """The GPU of a sweep's job: job numbers go round the visible GPUs, so N parallel jobs on N GPUs (or 2N
+    on N) share them evenly."""
+    return job_num % n_gpus
+
+
+def job_devices(cfg: DictConfig, n_gpus: int | None = None) -> tuple[list[int], str] | None:
+    """With assign_gpus, a single-device job of a multirun on a machine with several GPUs runs on its own GPU
+    (launcher=joblib runs jobs in parallel; without this every job would land on GPU 0). Returns the
+    Trainer's `devices` and a note for the record, or None when nothing is to be assigned."""
+    if not cfg.get("assign_gpus", True) or not _is_multirun():
+        return None
+    trainer = cfg.trainer
+    if str(trainer.devices) != "1" or str(trainer.accelerator) not in ("auto", "gpu", "cuda"):
+        return None
+    if any(str(trainer.strategy).startswith(s) for s in DDP_STRATEGIES):
+        return None
+    n_gpus = torch.cuda.device_count() if n_gpus is None else n_gpus
+    if n_gpus < 2:
+        return None
+    job_num = int(HydraConfig.get().job.num)
+    gpu = gpu_for_job(job_num, n_gpus)
+    return [gpu], f"job {job_num} of the sweep placed on GPU {gpu} of {n_gpus} (assign_gpus=true)"
+
+
 # --------------------------------------------------------------------------- the run
 def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit and evaluate; returns the record's fields (metrics, evaluations, timings, notes)."""
@@ -149,9 +174,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     selector = None
     if trains and learner.selects_epoch:
         selector = EpochSelector(split="test" if getattr(learner, "select_on_test", False) else "val")
+    placement = job_devices(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max(epochs, 1), logger=build_loggers(cfg, run_dir),
                                      use_distributed_sampler=False, default_root_dir=str(run_dir),
-                                     callbacks=[selector] if selector is not None else None)
+                                     callbacks=[selector] if selector is not None else None,
+                                     **({"devices": placement[0]} if placement else {}))
     # Lightning may change the precision (16-mixed falls back to bf16-mixed on CPU): encode features as it runs.
     datamodule.precision = str(trainer.precision)
     t_setup = time.perf_counter()
@@ -180,7 +207,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                              "choice): the test accuracy is optimistic, not a held-out estimate")
     fit_s = time.perf_counter() - t_setup if (trains or learner.fits_features) else 0.0
     if trainer.is_global_zero and learner.trainable:
-        save_learner(run_dir / "prompt_learner.pt", learner, cfg)
+        save_learner(run_dir / "prompt_learner.pt", learner, cfg, clip=clip)
         log_prompt_artifact(trainer.loggers, run_dir / "prompt_learner.pt", run_label(cfg),
                             {"method": cfg.method.name, "dataset": cfg.dataset.name, "seed": int(cfg.seed),
                              "shots": int(cfg.shots), "backbone": cfg.model.display_name or cfg.model.name})
@@ -205,7 +232,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "n_images": module.last_eval["n_images"], "n_classes": len(eval_set.classnames),
         })
     eval_s = time.perf_counter() - t_eval
-    notes = list(data.notes) + list(getattr(getattr(learner, "text_prompts", None), "notes", []))
+    prompt_notes = list(getattr(getattr(learner, "text_prompts", None), "notes", []))
+    notes = list(data.notes) + ([placement[1]] if placement else []) + prompt_notes
     skipped = datamodule.train_skipped + [s for e in data.eval_sets for s in e.skipped]
     if skipped:
         notes.append(f"skipped {len(skipped)} unreadable images (on_error=skip): "
@@ -287,7 +315,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = make_record(
         run_dir, status=STATUS_COMPLETE, summary=result["summary"], config_hash=digest, overrides=overrides,
         config=plain_cfg, metrics=result["metrics"], evaluations=result["evaluations"],
-        timings=result["timings"], notes=result["notes"],
+        timings=result["timings"], notes=result["notes"], backbone=result["clip"].record(),
     )
     trainer = result["trainer"]
     if trainer.is_global_zero:

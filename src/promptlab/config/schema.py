@@ -460,8 +460,12 @@ class TrainConfig:
     sweep_name: str = "${now:%Y-%m-%d_%H-%M-%S-%f}"
     resume: bool = True  # skip a job whose folder already holds a complete record of the same job
     analysis: bool = False  # run the prompt-drift diagnostics at the end (promptlab-analyze)
+    load_prompt_strict: bool = True  # refuse a prompt learned on another backbone (architecture or weights)
     load_prompt: str | None = None  # a run's prompt_learner.pt: start from it (epochs 0: evaluate it only)
     eval_cache: bool = True  # keep test-image features on disk (paths.cache_dir) for the sweep's other jobs
+    # In a multirun on several GPUs, each single-device job takes GPU (job number mod GPU count), so parallel
+    # jobs (launcher=joblib) spread over the GPUs instead of all landing on GPU 0.
+    assign_gpus: bool = True
     run_name: str = "${method.name}_${dataset.name}_${shots}shot_seed${seed}"
 
 

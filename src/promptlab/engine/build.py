@@ -5,6 +5,7 @@ schedule, loggers; and the saved prompt (prompt_learner.pt). Training (train.py)
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from promptlab.io import atomic_torch_save
 from promptlab.launch import is_launch_key
 from promptlab.models import load_clip_from_config
 from promptlab.protocols import ProtocolData, get_protocol
+
+log = logging.getLogger(__name__)
 
 
 def resolve_epochs(optim: DictConfig, dataset: DictConfig, shots: int) -> int:
@@ -135,7 +138,7 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
                           **learner_kwargs(method, data.train_classnames, int(cfg.seed)))
     learner.set_classnames(clip, data.train_classnames)
     if prompt is not None:
-        load_learner(prompt, learner)
+        load_learner(prompt, learner, clip=clip, strict=bool(cfg.get("load_prompt_strict", True)))
     learner.to(device)
     datamodule = PromptDataModule(
         clip, data.train_items, data.eval_sets,
@@ -163,9 +166,11 @@ def learner_kwargs(method: DictConfig, train_classnames: list[str], seed: int) -
     return {k: v for k, v in candidates.items() if takes_any or k in names}
 
 
-def save_learner(path: Path, learner: torch.nn.Module, cfg: DictConfig) -> None:
-    """The learned tensors only (loadable with torch.load(weights_only=True)) plus what rebuilds them."""
+def save_learner(path: Path, learner: torch.nn.Module, cfg: DictConfig, clip: Any = None) -> None:
+    """The learned tensors only (loadable with torch.load(weights_only=True)) plus what rebuilds them, and the
+    backbone fingerprint (architecture + weights) that load_learner compares."""
     payload = {
+        "backbone": dict(clip.fingerprint) if clip is not None else None,
         "state_dict": {k: v.detach().cpu() for k, v in learner.state_dict().items()},
         "method": plain(cfg.method),
         "model": plain(cfg.model),
@@ -175,11 +180,19 @@ def save_learner(path: Path, learner: torch.nn.Module, cfg: DictConfig) -> None:
     atomic_torch_save(payload, path)
 
 
-def load_learner(path: Path, learner: torch.nn.Module) -> None:
-    """Load a saved prompt (prompt_learner.pt) with weights_only=True: tensors and plain containers only."""
+def load_learner(path: Path, learner: torch.nn.Module, clip: Any = None, strict: bool = True) -> None:
+    """Load a saved prompt (prompt_learner.pt) with weights_only=True: tensors and plain containers only.
+
+    With `clip`, the prompt's backbone fingerprint must match it (a prompt learned on another backbone of the
+    same width would load silently and score near chance); strict=False (load_prompt_strict=false) loads it
+    anyway with a warning."""
     if not path.is_file():
         raise MissingPathError(f"load_prompt={path}: no such file (a run's prompt_learner.pt is expected).")
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    if clip is not None:
+        diffs = clip.check_fingerprint(payload.get("backbone"), f"load_prompt={path}", strict=strict)
+        if diffs:
+            log.warning("load_prompt=%s loaded with load_prompt_strict=false although %s", path, "; ".join(diffs))
     missing, unexpected = learner.load_state_dict(payload["state_dict"], strict=False)
     if missing or unexpected:
         raise ConfigError(

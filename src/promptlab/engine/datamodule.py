@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from promptlab.data.image_dataset import ImageDataset
-from promptlab.data.transforms import CLIP_MEAN, CLIP_STD, build_transform
+from promptlab.data.transforms import build_transform
 from promptlab.data.types import Datum, EvalSet
 from promptlab.engine.features import cache_key, cached_features, encode_images
 from promptlab.errors import ConfigError
@@ -75,8 +75,8 @@ class PromptDataModule(L.LightningDataModule):
         on_error: str = "raise",
         precision: str = "32",
         seed: int = 0,
-        image_mean: tuple[float, ...] = CLIP_MEAN,
-        image_std: tuple[float, ...] = CLIP_STD,
+        image_mean: tuple[float, ...] | None = None,
+        image_std: tuple[float, ...] | None = None,
         val_items: list[Datum] | None = None,
         normalize_features: bool = True,
     ) -> None:
@@ -102,8 +102,13 @@ class PromptDataModule(L.LightningDataModule):
         self.eval_cache, self.cache_dir, self.on_error = eval_cache, cache_dir, on_error
         self.precision, self.seed = precision, seed
         size = clip.image_size
-        self.train_transform = build_transform(size, train=True, augment=augment, mean=image_mean, std=image_std)
-        self.test_transform = build_transform(size, train=False, mean=image_mean, std=image_std)
+        # The loaded model's own preprocessing (open_clip's preprocess config: OpenAI's mean/std for OpenAI
+        # CLIP, 0.5/0.5 and squash resizing for SigLIP); image_mean/image_std override it when given.
+        pre = clip.preprocess_cfg
+        spec = {"mean": tuple(image_mean or pre["mean"]), "std": tuple(image_std or pre["std"]),
+                "interpolation": pre["interpolation"], "resize_mode": pre["resize_mode"]}
+        self.train_transform = build_transform(size, train=True, augment=augment, **spec)
+        self.test_transform = build_transform(size, train=False, **spec)
         self.active_eval: EvalSet | None = None
         self._train_dataset: Dataset | None = None
         self._eval_features: dict[str, torch.Tensor] = {}

@@ -74,6 +74,7 @@ def cache_key(clip: FrozenCLIP, items: Sequence[Datum], transform: object, preci
     payload = json.dumps(
         {
             "weights": clip.checkpoint_id,
+            "preprocess": clip.preprocess_cfg,  # the model's mean/std/size/interpolation/resize mode
             "weights_dtype": str(clip.dtype),
             "items": items_fingerprint(items),
             "transform": repr(transform),

@@ -176,6 +176,21 @@ def _offline_message(name: str, tag: str, err: BaseException | None = None) -> s
     )
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no", "off")
+
+
+def _tag_is_cached(name: str, tag: str, cache_dir: str | None) -> bool:
+    """Whether the tag's weights are in the Hugging Face cache (no network)."""
+    hub = (open_clip.get_pretrained_cfg(name, tag) or {}).get("hf_hub", "")
+    if not hub:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    files = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+    return any(isinstance(try_to_load_from_cache(hub.rstrip("/"), f, cache_dir=cache_dir), str) for f in files)
+
+
 def _known_name(name: str) -> None:
     if name not in open_clip.list_models():
         raise ClipLoadError(
@@ -271,6 +286,9 @@ def load_clip(
                     f"model.pretrained={pretrained!r} is neither a file nor a known tag for {name} "
                     f"(known tags: {', '.join(tags) or 'none'})."
                 )
+            if pretrained and _hub_offline() and not _tag_is_cached(name, pretrained, cache_dir):
+                # The user's own switch, read now (huggingface_hub reads it once, at import): fail fast.
+                raise ClipLoadError(_offline_message(name, pretrained) + " HF_HUB_OFFLINE is set.")
             try:
                 # The hub is simply tried (a socket probe says "offline" behind proxies where downloads work);
                 # its own errors, and open_clip's, are turned into what to pass instead.

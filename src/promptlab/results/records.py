@@ -110,6 +110,7 @@ def make_record(
     notes: Iterable[str] = (),
     error: Mapping[str, str] | None = None,
     launch: Mapping[str, Any] | None = None,
+    backbone: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A schema-1 record with every key present; `versions` is filled in here. `launch`: where and when the
     job started (pid, host, start time), so that a `running` record of a dead job can be told apart."""
@@ -129,6 +130,8 @@ def make_record(
         "notes": list(notes),
         "error": dict(error) if error is not None else None,
         "launch": dict(launch) if launch is not None else None,
+        # The backbone that ran: name, fingerprint, exact text speed-ups on/off and why, image preprocessing.
+        "backbone": dict(backbone) if backbone is not None else None,
     }
 
 
