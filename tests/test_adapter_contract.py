@@ -209,10 +209,19 @@ def test_speedups_off_are_logged_once_with_the_reason(caplog):
                              "causal_mask": False, "reason_off": messages[0].split(": ", 1)[1].rstrip(".")}
 
 
+@pytest.mark.slow  # builds every family once (about 20 s): CI runs it with the slow suite
 def test_committed_support_table_is_current():
+    generated = markdown()
     committed = (ROOT / "docs" / "backbones.md").read_text()
-    assert committed == markdown(), (
+    assert committed == generated, (
         "docs/backbones.md is stale: run `python -m promptlab.models.support --write docs/backbones.md`."
+    )
+    # The README carries the same table between its markers.
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- backbones:begin", 1)[1].split("<!-- backbones:end -->", 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("|")]
+    assert rows == [line for line in generated.splitlines() if line.startswith("|")], (
+        "README.md's backbone table is stale: copy the table of docs/backbones.md between its markers."
     )
 
 

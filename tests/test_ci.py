@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +28,7 @@ print("FAILED " + "; ".join(failed) if failed else "OK")
 """
 
 
+@pytest.mark.slow  # imports every module in a fresh interpreter (about 15 s)
 def test_every_module_imports_without_posix_only_modules() -> None:
     proc = subprocess.run([sys.executable, "-c", MASKED], capture_output=True, text=True, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
