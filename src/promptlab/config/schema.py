@@ -22,6 +22,8 @@ from typing import Any
 
 from omegaconf import II, MISSING
 
+from promptlab.toy.world import ToyWorldSpec
+
 # OmegaConf reads these annotations at runtime (as strings, resolved with typing.get_type_hints), so they
 # must be valid expressions on the oldest supported Python (3.10: `X | None` and `dict[str, int]` are).
 
@@ -123,13 +125,15 @@ class ModelConf:
 # --------------------------------------------------------------------------- datasets and protocols
 @dataclass
 class ToyWorldGeneratorConf:
-    classes: str = "grid6"
-    image_size: int = 32
-    train_per_class: int = 40
-    val_per_class: int = 8
-    test_per_class: int = 50
-    spurious: float = 1.0
-    seed: int = 0
+    """The toy world's generator spec; its defaults are ToyWorldSpec's (promptlab.toy.world), their one place."""
+
+    classes: str = ToyWorldSpec.classes
+    image_size: int = ToyWorldSpec.image_size
+    train_per_class: int = ToyWorldSpec.train_per_class
+    val_per_class: int = ToyWorldSpec.val_per_class
+    test_per_class: int = ToyWorldSpec.test_per_class
+    spurious: float = ToyWorldSpec.spurious
+    seed: int = ToyWorldSpec.seed
 
 
 @dataclass

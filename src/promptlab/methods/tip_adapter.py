@@ -185,6 +185,7 @@ class TipAdapterF(TipAdapter):
         search_step: Sequence[int] = (200, 20),
         select_on_test: bool = False,
     ) -> None:
+        # Spelled out, not **kwargs: build.learner_kwargs passes run-dependent arguments to any **kwargs.
         super().__init__(clip, templates, init_alpha=init_alpha, init_beta=init_beta, search=search,
                          search_scale=search_scale, search_step=search_step)
         self.select_on_test = select_on_test
