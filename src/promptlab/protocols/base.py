@@ -65,6 +65,18 @@ class Protocol:
         fewshot_cache_dir: Path | None = None,
     ) -> ProtocolData:
         """Read the source dataset (and targets), draw the few-shot split, and list the evaluations."""
+        source, few = read_source(dataset_cfg, data_root, shots, seed, fewshot_cache_dir)
+        return checked(self.split(protocol_cfg, dataset_cfg, data_root, source, few), dataset_cfg)
+
+    def split(
+        self,
+        protocol_cfg: Mapping[str, Any],
+        dataset_cfg: Mapping[str, Any],
+        data_root: Path,
+        source: DatasetSplits,
+        few: DatasetSplits,
+    ) -> ProtocolData:
+        """What a run trains on and evaluates, from the source dataset and its few-shot draw."""
         raise NotImplementedError(f"protocol {self.name!r} cannot build run data; it only reads tables.")
 
     def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -249,3 +261,19 @@ def checked(data: ProtocolData, dataset_cfg: Mapping[str, Any]) -> ProtocolData:
     if not data.train_items:
         raise ValueError(f"{dataset_cfg['name']}: the training split is empty after few-shot sampling.")
     return data
+
+
+def all_classes_data(
+    protocol_cfg: Mapping[str, Any],
+    dataset_cfg: Mapping[str, Any],
+    data_root: Path,
+    source: DatasetSplits,
+    few: DatasetSplits,
+    source_name: str,
+) -> ProtocolData:
+    """Train on every class of the few-shot draw; evaluate the source's test set (named `source_name`), then
+    each of protocol.targets."""
+    sets = eval_sets(source, dataset_cfg["name"], ["all"], name=source_name)
+    sets += target_eval_sets(protocol_cfg, data_root)
+    return ProtocolData(train_items=few.train, train_classnames=few.classnames, eval_sets=sets,
+                        notes=list(few.notes), source_splits=source, val_items=few.val)

@@ -7,14 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from promptlab.data.types import DatasetSplits
 from promptlab.protocols.base import (
     Protocol,
     ProtocolData,
     accuracies,
-    checked,
     eval_sets,
     not_applicable,
-    read_source,
     record_label,
     record_metric,
     register,
@@ -32,24 +31,22 @@ class Base2Novel(Protocol):
         "per-dataset means; HM = harmonic mean of those two averages.",
     )
 
-    def build_data(
+    def split(
         self,
         protocol_cfg: Mapping[str, Any],
         dataset_cfg: Mapping[str, Any],
         data_root: Path,
-        shots: int,
-        seed: int,
-        fewshot_cache_dir: Path | None = None,
+        source: DatasetSplits,
+        few: DatasetSplits,
     ) -> ProtocolData:
         from promptlab.data.base_novel import subsample_classes
 
-        source, few = read_source(dataset_cfg, data_root, shots, seed, fewshot_cache_dir)
         # The few-shot draw covers all classes; training keeps its base half, tests split the test set.
         train = subsample_classes(few, "base")
         data = ProtocolData(train_items=train.train, train_classnames=train.classnames,
                             eval_sets=eval_sets(source, dataset_cfg["name"], ["base", "novel"]),
                             notes=list(few.notes), source_splits=source, val_items=train.val)
-        return checked(data, dataset_cfg)
+        return data
 
     def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         accs = accuracies(evaluations)

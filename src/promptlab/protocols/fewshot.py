@@ -6,17 +6,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from promptlab.data.types import DatasetSplits
 from promptlab.protocols.base import (
     Protocol,
     ProtocolData,
     accuracies,
-    checked,
-    eval_sets,
-    read_source,
+    all_classes_data,
     record_metric,
     register,
     require,
-    target_eval_sets,
 )
 
 
@@ -25,22 +23,16 @@ class FewShot(Protocol):
     average_rows = True  # the Average row is the mean of the per-dataset means
     column_titles = {"acc": "Acc."}
 
-    def build_data(
+    def split(
         self,
         protocol_cfg: Mapping[str, Any],
         dataset_cfg: Mapping[str, Any],
         data_root: Path,
-        shots: int,
-        seed: int,
-        fewshot_cache_dir: Path | None = None,
+        source: DatasetSplits,
+        few: DatasetSplits,
     ) -> ProtocolData:
-        source, few = read_source(dataset_cfg, data_root, shots, seed, fewshot_cache_dir)
-        sets = eval_sets(source, dataset_cfg["name"], ["all"], name="all")
         # protocol.targets is empty in conf/protocol/fewshot.yaml; extra targets are evaluated if given.
-        sets += target_eval_sets(protocol_cfg, data_root)
-        data = ProtocolData(train_items=few.train, train_classnames=few.classnames, eval_sets=sets,
-                            notes=list(few.notes), source_splits=source, val_items=few.val)
-        return checked(data, dataset_cfg)
+        return all_classes_data(protocol_cfg, dataset_cfg, data_root, source, few, source_name="all")
 
     def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         (acc,) = require(accuracies(evaluations), self.name, "all")

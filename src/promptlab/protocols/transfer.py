@@ -8,16 +8,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from promptlab.data.types import DatasetSplits
 from promptlab.protocols.base import (
     Protocol,
     ProtocolData,
-    checked,
-    eval_sets,
+    all_classes_data,
     evaluation_accuracy,
     not_applicable,
-    read_source,
     record_metric,
-    target_eval_sets,
 )
 
 
@@ -31,21 +29,15 @@ class TransferProtocol(Protocol):
 
     column_titles = {"source": "Source", "target_mean": "Target avg."}
 
-    def build_data(
+    def split(
         self,
         protocol_cfg: Mapping[str, Any],
         dataset_cfg: Mapping[str, Any],
         data_root: Path,
-        shots: int,
-        seed: int,
-        fewshot_cache_dir: Path | None = None,
+        source: DatasetSplits,
+        few: DatasetSplits,
     ) -> ProtocolData:
-        source, few = read_source(dataset_cfg, data_root, shots, seed, fewshot_cache_dir)
-        sets = eval_sets(source, dataset_cfg["name"], ["all"], name=dataset_cfg["name"])
-        sets += target_eval_sets(protocol_cfg, data_root)
-        data = ProtocolData(train_items=few.train, train_classnames=few.classnames, eval_sets=sets,
-                            notes=list(few.notes), source_splits=source, val_items=few.val)
-        return checked(data, dataset_cfg)
+        return all_classes_data(protocol_cfg, dataset_cfg, data_root, source, few, source_name=dataset_cfg["name"])
 
     def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if not evaluations:
