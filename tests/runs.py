@@ -60,3 +60,10 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
                 "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "promptlab.train", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def top1_metrics(metrics: dict) -> set[str]:
+    """A record's metric names without the top-5 / mean-per-class extras (each protocol's micro top-1 metrics)."""
+    from promptlab.results.table import EXTRA_ACCURACY_SUFFIXES
+
+    return {k for k in metrics if not k.endswith(EXTRA_ACCURACY_SUFFIXES)}

@@ -26,7 +26,8 @@ from tests.runs import compose_cfg, tiny_overrides
 
 CONF = Path(promptlab.__file__).parent / "conf"
 SRC = Path(promptlab.__file__).parent
-# Groups whose options are selected on their own; method_dataset is picked by ${method}_${dataset}.
+# Groups whose options are selected on their own; method_dataset is picked by ${method}_${dataset},
+# method_experiment by ${method}_${experiment} (tests/test_presets.py composes those).
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
@@ -34,12 +35,13 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUP_OPTIONS = [(g, o) for g in GROUPS if g != "method_dataset" for o in _options(g)]
+PICKED_GROUPS = ("method_dataset", "method_experiment")
+GROUP_OPTIONS = [(g, o) for g in GROUPS if g not in PICKED_GROUPS for o in _options(g)]
 GROUP_OPTIONS += [("optimizer", name) for name in schema.OPTIMIZER_SCHEMAS]
 
 
 def test_every_group_folder_is_covered() -> None:
-    assert {g for g, _ in GROUP_OPTIONS} >= set(GROUPS) - {"method_dataset"}
+    assert {g for g, _ in GROUP_OPTIONS} >= set(GROUPS) - set(PICKED_GROUPS)
     assert len(GROUP_OPTIONS) > 40
 
 
@@ -58,6 +60,9 @@ def test_every_option_composes_and_instantiates(group: str, option: str, random_
         from promptlab.engine.build import learner_kwargs
 
         names = ["red circle", "blue square", "green star"]
+        for key in ("depth", "text_depth", "vision_depth"):  # deep prompts: the random CLIP has 2 blocks a tower
+            if key in cfg.method.learner:
+                cfg.method.learner[key] = min(int(cfg.method.learner[key]), 2)
         learner = instantiate(cfg.method.learner, _convert_="all", clip=random_clip,
                               **learner_kwargs(cfg.method, names, 0))
         learner.set_classnames(random_clip, names)

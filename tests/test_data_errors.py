@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -98,10 +97,12 @@ def test_image_listed_but_absent(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     cfg = fixture_config("oxford_pets", expected)
     splits = read_dataset(cfg, tmp_path)
 
-    # The first image of a split is checked when reading: a wrongly extracted folder fails early.
+    # Every listed image is checked when reading (one listing per folder): a missing one fails before training.
     first = Path(splits.train[0].impath)
     first.rename(first.with_suffix(".bak"))
-    with pytest.raises(DatasetError, match=rf"image listed in .* is absent: {re.escape(str(first))}"):
+    with pytest.raises(DatasetError, match=rf"1 of {len(splits.train) + len(splits.val) + len(splits.test)} "
+                                           rf"image\(s\) listed in .* are absent \(train 1\), e\.g\. "
+                                           rf"{re.escape(str(first))}.*loader.on_error=skip"):
         read_dataset(cfg, tmp_path)
     first.with_suffix(".bak").rename(first)
 
@@ -141,16 +142,16 @@ def test_corrupt_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
     assert "skipped 1 of" in caplog.text
 
 
-def test_truncated_jpeg_that_passes_verify_still_fails_clearly(tmp_path: Path) -> None:
-    # verify() does not decode pixels, so a JPEG cut in half passes it; loading must then say so.
-    noise = Image.effect_noise((64, 64), 100).convert("RGB")
-    buffer = io.BytesIO()
-    noise.save(buffer, format="JPEG")
-    path = tmp_path / "truncated.jpg"
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+def test_image_broken_after_the_skip_check_still_fails_clearly(tmp_path: Path) -> None:
+    # on_error=skip decodes every image when the dataset is built (tests/test_data_faults.py); a file that is
+    # damaged afterwards (during the run) must still fail with its path and what to do.
+    path = tmp_path / "later.jpg"
+    Image.effect_noise((64, 64), 100).convert("RGB").save(path, format="JPEG")
     dataset = ImageDataset([Datum(str(path), 0, "noise")], build_transform(8, train=False), on_error="skip")
     assert dataset.skipped == []
-    with pytest.raises(DatasetError, match=r"truncated.jpg .*passed the check of loader.on_error=skip"):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"later.jpg .*passed the check of loader.on_error=skip"):
         dataset[0]
 
 
@@ -159,8 +160,9 @@ def test_shots_larger_than_a_class_warns(tmp_path: Path, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="promptlab.data.fewshot"):
         out = fewshot_splits(splits, shots=4, seed=1, cache_dir=tmp_path / "cache")
     assert len(out.train) == len(splits.train)
-    assert any("class 1 ('american bulldog') has 3 image(s), fewer than shots=4" in n for n in out.notes)
-    assert "fewer than shots=4" in caplog.text
+    assert any("5 of 5 classes have fewer images than shots=4" in n and "class 1 ('american bulldog') has 3 "
+               "image(s)" in n for n in out.notes)
+    assert caplog.text.count("fewer images than shots=4") == 2  # one summary line per split (train, val)
 
 
 def test_empty_class_list(tmp_path: Path) -> None:
@@ -179,7 +181,7 @@ def test_empty_class_list(tmp_path: Path) -> None:
 
 def test_class_count_mismatch(tmp_path: Path) -> None:
     build_fixture("oxford_pets", tmp_path)
-    message = r"OxfordPets: read 5 classes .* num_classes=37.*dataset\.num_classes=5"
+    message = r"OxfordPets: .*split_zhou_OxfordPets.json has 5 classes, OxfordPets has 37.*dataset\.num_classes=5"
     with pytest.raises(DatasetError, match=message):
         read_dataset(dataset_config("oxford_pets"), tmp_path)
 

@@ -74,7 +74,8 @@ def test_class_with_fewer_images_keeps_all_and_warns(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING, logger="promptlab.data.fewshot"):
         selection, notes = sample_few_shot(items, shots=4, seed=1)
     assert Counter(d.label for d in selection) == {0: 4, 1: 4, 2: 1}
-    assert len(notes) == 1 and "class 2 ('rare bird') has 1 image(s), fewer than shots=4" in notes[0]
+    assert len(notes) == 1 and notes[0].startswith("1 of 3 classes have fewer images than shots=4")
+    assert "class 2 ('rare bird') has 1 image(s)" in notes[0]
     assert "rare bird" in caplog.text
 
 
@@ -103,7 +104,8 @@ def test_fewshot_splits_saves_readable_json_and_leaves_test(pets: DatasetSplits)
     sixteen = fewshot_splits(pets, shots=16, seed=1, cache_dir=None)
     assert Counter(d.label for d in sixteen.val) == {y: 4 for y in range(5)}  # val capped at 4 per class
     assert len(sixteen.train) == len(pets.train)  # 8 < 16 per class: all kept, with notes
-    assert sum("fewer than shots=16" in n for n in sixteen.notes) == 5
+    assert sum("fewer images than shots=16" in n for n in sixteen.notes) == 1  # one summary, not one per class
+    assert "5 of 5 classes have fewer images than shots=16" in " ".join(sixteen.notes)
     assert fewshot_splits(pets, shots=-1, seed=1, cache_dir=None) is pets
 
 

@@ -47,6 +47,9 @@ LAYERS: dict[str, int] = {
     # 4: everything else in results (tables, plots, aggregation, W&B, Hydra callback), diagnostics
     "promptlab.results": 4,
     "promptlab.analysis": 4,
+    "promptlab.interpret": 4,  # nearest words of a learned context (the analysis output uses it)
+    "promptlab.reference_import": 4,  # the reference's checkpoints and few-shot files -> promptlab's
+    "promptlab.reference_import.unpickler": 1,  # the allow-list unpickler: tensors and inert stand-ins only
     # 5: entry points and the public API
     "promptlab.train": 5,
     "promptlab.api": 5,
@@ -54,6 +57,8 @@ LAYERS: dict[str, int] = {
     "promptlab.gpu_check": 5,
     "promptlab.results.cli": 5,
     "promptlab.analysis.cli": 5,
+    "promptlab.data.cli": 5,  # promptlab-data: composes a dataset's config (layer 2) above the data readers
+    "promptlab.reference_import.cli": 5,
 }
 
 # Single modules, not prefixes: package __init__ files whose submodules sit in several layers.

@@ -124,3 +124,21 @@ def test_kgcoop_with_large_weight_stays_closer_to_zero_shot(random_clip):
     assert cos_coop < 0.999  # CoOp did move away from the template
     # Measured on this tiny random CLIP: CoOp 0.34, KgCoOp(lambda=50) 0.68.
     assert cos_kg > cos_coop + 0.2
+
+
+def test_class_counts_top5_and_mean_per_class_by_hand() -> None:
+    from promptlab.engine.module import ClassCounts
+
+    # 3 classes, 6 images. Top-1 hits: images 0, 1, 3 -> class 0: 2/3, class 1: 1/2, class 2: 0/1.
+    logits = torch.tensor([
+        [9.0, 1, 0, 0, 0, 0, 0], [9.0, 1, 0, 0, 0, 0, 0], [1.0, 9, 0, 0, 0, 0, 0],
+        [1.0, 9, 0, 0, 0, 0, 0], [9.0, 8, 7, 6, 5, 4, 3], [9.0, 8, 7, 6, 5, 4, 3],
+    ])
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    metric = ClassCounts(7)
+    metric.update(logits[:3], labels[:3])  # two batches: the counts add up
+    metric.update(logits[3:], labels[3:])
+    out = metric.compute()
+    # Top-5: image 2 (label 0 ranked 2nd), image 4 (label 1 ranked 2nd), image 5 (label 2 ranked 3rd) also hit.
+    assert out["n_correct_top5"] == 6 and out["top5_acc"] == 100.0
+    assert out["mean_per_class_acc"] == pytest.approx(100.0 * (2 / 3 + 1 / 2 + 0) / 3)  # classes with no image ignored

@@ -88,6 +88,9 @@ def test_wheel_carries_configs_and_assets(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {"promptlab/conf/train.yaml", "promptlab/toy/assets/toyclip.pt"}
     expected |= {f"promptlab/{p.relative_to(PACKAGE).as_posix()}" for p in (PACKAGE / "conf").rglob("*.yaml")}
+    # The published numbers `promptlab-table --published` compares with (promptlab/results/published.py).
+    published = (PACKAGE / "results" / "published").glob("*.csv")
+    expected |= {f"promptlab/{p.relative_to(PACKAGE).as_posix()}" for p in published}
     expected |= {f"promptlab/{p.relative_to(PACKAGE).as_posix()}" for p in PACKAGE.rglob("*.py")
                  if "__pycache__" not in p.parts}
     missing = sorted(expected - names)

@@ -503,3 +503,48 @@ def test_stale_skipped_runs_file_is_removed(tmp_path: Path) -> None:
     assert "| toyworld | kgcoop |" in (sweep / "table_base2novel.md").read_text()
     # Nothing to clean up: still no file, no error.
     assert "skipped_runs" not in aggregate([sweep], sweep)
+
+
+def _multirun_yaml(sweep: Path, params: dict, task: list[str], subdir: str = "${job_dirname:${hydra:overrides.task}}",
+                   sweeper: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper") -> None:
+    """The keys of Hydra's multirun.yaml that say which jobs a basic sweep runs and where."""
+    sweep.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create({"hydra": {
+        "sweep": {"dir": str(sweep), "subdir": subdir},
+        "sweeper": {"_target_": sweeper, "max_batch_size": None, "params": params},
+        "overrides": {"task": task},
+    }}), sweep / "multirun.yaml")
+
+
+def test_the_table_lists_jobs_of_the_sweep_that_left_no_record(tmp_path: Path) -> None:
+    from promptlab.config.registry import job_dirname
+    from promptlab.results.aggregate import read_sweep
+
+    sweep = tmp_path / "sweep"
+    # Sweep parameters from the config (an experiment preset) and from the command line (which wins on a key).
+    _multirun_yaml(sweep, {"method": "zeroshot,coop", "seed": "1,2,3"}, ["seed=1,2", "dataset=toyworld"])
+    jobs = [[f"method={m}", f"seed={s}", "dataset=toyworld"] for m in ("zeroshot", "coop") for s in (1, 2)]
+    for job in jobs[:3]:
+        _write(sweep / job_dirname(job), "base2novel", {"base_acc": 90.0, "novel_acc": 80.0, "hm": 84.7},
+               dataset="toyworld", method=job[0].split("=")[1], seed=int(job[1].split("=")[1]))
+    result = read_sweep(sweep)
+    assert len(result.records) == 3
+    assert [(s.status, s.path.parent.name) for s in result.skipped] == [("missing", job_dirname(jobs[3]))]
+    assert "never started" in str(result.skipped[0]) and "method=coop seed=2" in str(result.skipped[0])
+
+    # The CLI prints it with the other left-out runs.
+    out = subprocess.run([str(VENV_BIN / "promptlab-table"), str(sweep)], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0 and "missing" in out.stdout and job_dirname(jobs[3]) in out.stdout
+
+
+def test_no_missing_list_when_the_jobs_cannot_be_known(tmp_path: Path) -> None:
+    from promptlab.results.planned import planned_jobs
+
+    optuna = tmp_path / "optuna"
+    _multirun_yaml(optuna, {"method.optim.lr": "interval(0.001, 0.1)"}, [],
+                   sweeper="hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    custom = tmp_path / "custom"
+    _multirun_yaml(custom, {"seed": "1,2"}, [], subdir="${hydra.job.num}")
+    assert planned_jobs(optuna) is None and planned_jobs(custom) is None
+    assert planned_jobs(tmp_path / "nothing") is None

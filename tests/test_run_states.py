@@ -84,3 +84,40 @@ def test_the_result_prints_when_the_record_cannot_be_written(tmp_path, monkeypat
     record = train.run(compose_cfg([*tiny_overrides(tmp_path), "run_name=full_disk"]))
     assert record["status"] == "complete"
     assert "HM" in capsys.readouterr().out  # the run's table was printed all the same
+
+
+FAKE_SUBMITIT = """
+import signal, sys
+from pathlib import Path
+
+marker = Path(sys.argv[1])
+
+def requeue_and_exit(signum, frame):  # what submitit's handler does: requeue the job, then sys.exit(-1)
+    marker.write_text("requeued")
+    sys.exit(-1)
+
+signal.signal(signal.SIGUSR2, requeue_and_exit)
+sys.argv = ["promptlab-train", *sys.argv[2:]]
+from promptlab.train import main
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
+def test_slurm_preemption_signal_reaches_submitit_and_leaves_a_resumable_job(tmp_path) -> None:
+    run_dir, marker = tmp_path / "job", tmp_path / "requeued"
+    script = tmp_path / "fake_submitit.py"
+    script.write_text(FAKE_SUBMITIT)
+    args = [*tiny_overrides(tmp_path), "method=coop", "method.optim.epochs=100000", "checkpoint.every_n_epochs=1",
+            f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(marker), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_training(proc, run_dir)
+    proc.send_signal(signal.SIGUSR2)
+    _, stderr = proc.communicate(timeout=60)
+    assert marker.read_text() == "requeued"  # submitit's handler ran: the job was requeued
+    assert proc.returncode == 255, stderr[-2000:]  # and its exit code is submitit's, not promptlab's 130
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    assert (run_dir / "last.ckpt").is_file()  # what the requeued job resumes from

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from promptlab.results.aggregate import read_sweep
 from tests.runs import run_cli, tiny_overrides
 
 SWEEP = ["-m", "method=zeroshot,coop", "seed=1,2", "method.optim.epochs=1"]
@@ -72,6 +73,11 @@ def test_killed_sweep_resumes_and_gives_the_same_table(tmp_path):
     finished = {r["run_dir"]: r["timings"] for r in _records(sweep) if r["status"] == "complete"}
     assert 2 <= len(finished) < 4, "the sweep should have been cut after two of its four jobs"
     assert not (sweep / "table_base2novel.csv").exists()
+    # The table lists every job it cannot show: the killed one (`running`) and those never started (`missing`,
+    # from the sweep's multirun.yaml).
+    cut = read_sweep(sweep)
+    assert len(cut.records) + len(cut.skipped) == 4
+    assert {s.status for s in cut.skipped} <= {"running", "missing"}
 
     proc = run_cli([*SWEEP, *common, "sweep_name=cut"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

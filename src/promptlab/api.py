@@ -93,7 +93,10 @@ class PromptClassifier:
         from promptlab.methods import logits_from_features
 
         batch = images if isinstance(images, torch.Tensor) else self.preprocess(images)
-        features = self.clip.encode_image(batch.to(self.device))
+        if getattr(self.learner, "encodes_images", False):  # tokens inside the image tower (VPT, IVLP, MaPLe, ...)
+            features = self.learner.encode_images(self.clip, batch.to(self.device))
+        else:
+            features = self.clip.encode_image(batch.to(self.device))
         if self.learner.direct_logits:  # a learner that scores images itself (Tip-Adapter-F)
             return self.learner.logits(self.clip, features)
         text = self.learner(self.clip, features if self.learner.instance_conditional else None).float()

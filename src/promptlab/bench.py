@@ -9,6 +9,19 @@ Measured in one process, on the same images, so the ratios are meaningful on a n
                  (trainers/cocoop.py: one text-encoder call of C full 77-token prompts per image) and the same
                  loop with promptlab's exact truncation of the causal text transformer (to tell the two gains
                  apart).
+
+The augmented path (`--rows augmented`; `all` runs both), on `--aug-images` generated JPEGs of 500x375 (the
+typical size of the real datasets' photos), one timed run = one epoch over them in batches of `--batch`:
+- aug only:        the tensor augmentation alone (crop boxes, crop + resize, flip, normalise) and, for
+                   comparison, the reference's PIL decode + crop + flip + ToTensor alone;
+- aug floor:       the bare image-encoder forward on the same augmented images (already in memory);
+- aug CoOp/CoCoOp: promptlab's augmented training step: decoded-once uint8 images (data/decoded_cache.py),
+                   crop + flip + normalise per batch on the device (data/tensor_augment.py), image encoder,
+                   text side forward + backward, SGD;
+- aug reference:   the reference-equivalent CoOp pipeline: every JPEG decoded again and cropped by PIL in each
+                   epoch (torchvision RandomResizedCrop, bicubic, + flip), fp32, attention through PyTorch's
+                   unfused math kernel, all 77 text positions; for CoCoOp its per-image loop (batch 1).
+The targets of the augmented path (docs/tensor_augment.md) are printed with pass/fail.
 Each figure is the median of `--repeats` timed runs after a warm-up run. Results go to stdout and to
 outputs/bench/latest.json (one key per figure, ratios included).
 """
@@ -18,16 +31,23 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Dataset
 
+from promptlab.data.decoded_cache import build_decoded_images
+from promptlab.data.tensor_augment import TensorAugment
+from promptlab.data.transforms import build_transform
+from promptlab.data.types import Datum
 from promptlab.engine.datamodule import FeatureDataset
 from promptlab.engine.features import encode_images
 from promptlab.engine.module import PromptLearningModule
@@ -55,6 +75,21 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
         _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timed_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median wall seconds of each function, run in turn within each round (after one warm-up round), so that
+    a change of machine load during the measurement weighs on every row alike and ratios stay fair."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 class _ImageTensors(Dataset):
@@ -86,6 +121,23 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, float | str | int]:
         clip = load_clip(name=args.model, pretrained=None, device=device)  # random weights: speed only
     clip: FrozenCLIP
     amp = torch.autocast(device.type, dtype=AMP[args.precision]) if args.precision in AMP else nullcontext()
+    result: dict[str, float | str | int] = {
+        "model": args.model, "classes": args.classes, "batch": args.batch, "precision": args.precision,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(), "repeats": args.repeats,
+    }
+    if args.rows in ("all", "features"):
+        result |= feature_rows(args, clip, device, amp)
+    if args.rows in ("all", "augmented"):
+        result |= augmented_rows(args, clip, device, amp)
+    result |= {"torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+def feature_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.device, amp) -> dict[str, float | int]:
+    """Evaluation and training on frozen features against the bare encode loop and the per-image loops."""
     size = clip.image_size
     images = torch.randn(args.images, 3, size, size)  # in host memory, as loaded images would be
     names = _classnames(args.classes)
@@ -152,15 +204,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, float | str | int]:
     t_loop = timed(loop_step, device, max(1, r // 2))
     t_reference = timed(reference_step, device, max(1, r // 2))
     n, b = args.images, args.batch
-    result: dict[str, float | str | int] = {
-        "model": args.model,
-        "classes": len(names),
-        "batch": b,
+    return {
         "images": n,
-        "precision": args.precision,
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "repeats": r,
         "encode_loop_img_s": n / t_encode,
         "eval_coop_img_s": n / t_eval_coop,
         "eval_cocoop_img_s": n / t_eval_cocoop,
@@ -171,12 +216,168 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, float | str | int]:
         "ratio_eval_coop_vs_encode_time": t_eval_coop / t_encode,
         "ratio_cocoop_batched_vs_loop_speed": t_loop / t_cocoop,
         "ratio_cocoop_batched_vs_reference_loop_speed": t_reference / t_cocoop,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
     }
-    if device.type == "cuda":
-        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return result
+
+
+def write_jpegs(folder: Path, n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[Datum]:
+    """`n` JPEGs of `size` (quality 90) with photo-like detail (smooth waves + noise), as training items."""
+    gen = torch.Generator().manual_seed(seed)
+    w, h = size
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    items = []
+    for i in range(n):
+        phase = torch.rand(3, generator=gen) * 6.28
+        waves = torch.stack([128 + 100 * torch.sin(xx / (5 + c + i % 7) + phase[c]) * torch.cos(yy / (9 + c))
+                             for c in range(3)], -1)
+        pixels = (waves + 20 * torch.randn(waves.shape, generator=gen)).clamp(0, 255).to(torch.uint8)
+        path = folder / f"img_{i:04d}.jpg"
+        Image.fromarray(pixels.numpy()).save(path, quality=90)
+        items.append(Datum(str(path), 0, "image"))
+    return items
+
+
+def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.device, amp) -> dict[str, float | str]:
+    """The augmented training step (tensor path) against its floor and the reference-equivalent pipeline."""
+    size, pre, b, r = clip.image_size, clip.preprocess_cfg, args.batch, args.repeats
+    names = _classnames(args.classes)
+    spec = {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "interpolation": pre["interpolation"]}
+    coop = CoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a").to(device)
+    coop.set_classnames(clip, names)
+    cocoop = CoCoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a", class_chunk=args.class_chunk).to(device)
+    cocoop.set_classnames(clip, names)
+    clip_full = FrozenCLIP(clip.model, clip.tokenizer, clip.checkpoint_id, truncate_text=False)
+    coop_full = CoOpPrompts(clip_full, n_ctx=4, ctx_init="a photo of a").to(device)
+    coop_full.set_classnames(clip_full, names)
+    cocoop_full = CoCoOpPrompts(clip_full, n_ctx=4, ctx_init="a photo of a").to(device)
+    cocoop_full.set_classnames(clip_full, names)
+    scale = clip.logit_scale()
+    pil_transform = build_transform(size, train=True, augment="coop", **spec)
+    augment = TensorAugment(size, mean=spec["mean"], std=spec["std"], interpolation=spec["interpolation"],
+                            generator=torch.Generator().manual_seed(0))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        items = write_jpegs(Path(tmp), args.aug_images)
+        n = len(items)
+        starts = range(0, n, b)
+        labels = torch.arange(n, device=device) % len(names)
+
+        start = time.perf_counter()
+        decoded, _ = build_decoded_images(items, size, augment="coop", interpolation=spec["interpolation"])
+        t_decode = time.perf_counter() - start
+        stored = decoded.images[0].shape
+
+        def device_batch(i: int) -> list[torch.Tensor]:
+            return [image.to(device, non_blocking=True) for image in decoded.images[i : i + b]]
+
+        fixed = [augment(device_batch(i)) for i in starts]  # the floor's input: augmented images in memory
+
+        def floor() -> None:
+            with torch.no_grad(), amp:
+                for x in fixed:
+                    clip.encode_image(x)
+
+        def augment_only() -> None:
+            for i in starts:
+                augment(device_batch(i))
+
+        def pil_only() -> None:
+            for i in starts:
+                pil_batch(items[i : i + b])
+
+        def step(learner, x: torch.Tensor, y: torch.Tensor, optimizer, model: FrozenCLIP, context, per_image=False):
+            optimizer.zero_grad(set_to_none=True)
+            with context():
+                feats = model.encode_image(x)
+                text = (learner.reference_forward(model, feats) if per_image else
+                        learner(model, feats) if isinstance(learner, CoCoOpPrompts) else learner(model)).float()
+                loss = F.cross_entropy(logits_from_features(feats, text, scale), y)
+            loss.backward()
+            optimizer.step()
+
+        def tensor_epoch(learner) -> Callable[[], None]:
+            optimizer = torch.optim.SGD(learner.parameters(), lr=1e-3, momentum=0.9)
+
+            def run() -> None:
+                for i in starts:
+                    step(learner, augment(device_batch(i)), labels[i : i + b], optimizer, clip, lambda: amp)
+            return run
+
+        @contextmanager
+        def reference_context():
+            # fp32, no autocast, attention through the unfused math kernel (the reference's nn.MultiheadAttention
+            # path of 2022 ran unfused); torch.backends.mha's fast path off for the same reason.
+            torch.backends.mha.set_fastpath_enabled(False)
+            try:
+                with sdpa_kernel([SDPBackend.MATH]):
+                    yield
+            finally:
+                torch.backends.mha.set_fastpath_enabled(True)
+
+        def pil_batch(batch_items: list[Datum]) -> torch.Tensor:
+            return torch.stack([pil_transform(Image.open(it.impath).convert("RGB")) for it in batch_items]).to(device)
+
+        def reference_epoch(learner, batch: int, per_image: bool, limit: int) -> Callable[[], None]:
+            optimizer = torch.optim.SGD(learner.parameters(), lr=1e-3, momentum=0.9)
+
+            def run() -> None:
+                for i in range(0, limit, batch):
+                    step(learner, pil_batch(items[i : i + batch]), labels[i : i + batch], optimizer, clip_full,
+                         reference_context, per_image=per_image)
+            return run
+
+        n_ref = min(n, args.cocoop_reference_images)
+        t = timed_interleaved({
+            "augment": augment_only, "pil": pil_only, "floor": floor,
+            "coop": tensor_epoch(coop), "cocoop": tensor_epoch(cocoop),
+            "ref_coop": reference_epoch(coop_full, b, False, n),
+            "ref_cocoop": reference_epoch(cocoop_full, 1, True, n_ref),
+        }, device, r)
+        t_floor, t_coop, t_cocoop, t_ref_coop, t_ref_cocoop = (
+            t["floor"], t["coop"], t["cocoop"], t["ref_coop"], t["ref_cocoop"])
+
+    floor_s, coop_s, cocoop_s = n / t_floor, n / t_coop, n / t_cocoop
+    ref_coop_s, ref_cocoop_s = n / t_ref_coop, n_ref / t_ref_cocoop
+    return {
+        "aug_conditions": (f"{n} JPEGs 500x375 q90 (decoded once, stored {tuple(stored[1:])}), output {size}px, "
+                           f"batch {b}, {torch.get_num_threads()} thread(s), one timed run = one epoch, rows run in "
+                           f"turn, median of {r} rounds after a warm-up round; CoCoOp reference loop (batch 1) on "
+                           f"{n_ref} images"),
+        "aug_decode_once_img_s": n / t_decode,
+        "aug_tensor_augment_only_img_s": n / t["augment"],
+        "aug_pil_decode_and_augment_only_img_s": n / t["pil"],
+        "aug_floor_encoder_forward_img_s": floor_s,
+        "aug_train_coop_img_s": coop_s,
+        "aug_train_cocoop_img_s": cocoop_s,
+        "aug_reference_coop_img_s": ref_coop_s,
+        "aug_reference_cocoop_per_image_img_s": ref_cocoop_s,
+        "ratio_aug_coop_vs_floor_time": floor_s / coop_s,
+        "ratio_aug_coop_vs_reference_speed": coop_s / ref_coop_s,
+        "ratio_aug_cocoop_vs_reference_loop_speed": cocoop_s / ref_cocoop_s,
+    }
+
+
+#: The targets of the augmented path (issue "fast augmented training"): (key, comparison, bound, text).
+TARGETS = (
+    ("ratio_aug_coop_vs_floor_time", "<=", 1.3, "augmented CoOp step within 1.3x of the bare encoder forward"),
+    ("ratio_eval_coop_vs_encode_time", "<=", 1.2, "evaluation within 1.2x of a bare encode loop"),
+    ("ratio_aug_cocoop_vs_reference_loop_speed", ">=", 15.0,
+     "CoCoOp (batch --batch) at least 15x the reference-equivalent per-image loop"),
+    ("ratio_aug_coop_vs_reference_speed", ">=", 5.0, "augmented CoOp at least 5x the reference-equivalent "
+     "pipeline (a GPU target)"),
+)
+
+
+def target_lines(result: dict) -> list[str]:
+    lines = []
+    for key, op, bound, text in TARGETS:
+        if key not in result:
+            continue
+        value = float(result[key])
+        ok = value <= bound if op == "<=" else value >= bound
+        lines.append(f"  {'PASS' if ok else 'FAIL'}  {text}: {value:.2f}{'x' if op == '<=' else 'x faster'} "
+                     f"(target {op} {bound})")
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -191,6 +392,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1 is steadiest)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rows", default="all", choices=["all", "features", "augmented"],
+                        help="features: evaluation and training on frozen features; augmented: the augmented path")
+    parser.add_argument("--aug-images", type=int, default=64, help="generated 500x375 JPEGs of the augmented rows")
+    parser.add_argument("--cocoop-reference-images", type=int, default=32,
+                        help="images of the reference CoCoOp per-image loop (it is slow on large models)")
     parser.add_argument("--out", default="outputs/bench/latest.json")
     return parser.parse_args(argv)
 
@@ -204,6 +410,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"promptlab benchmark (median of {args.repeats} runs after a warm-up; one process, same images)")
     for key, value in result.items():
         print(f"  {key:<{width}}  {value:.3f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+    lines = target_lines(result)
+    if lines:
+        print("targets:")
+        print("\n".join(lines))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, result, indent=1)

@@ -21,6 +21,7 @@ LAUNCH_KEYS: tuple[str, ...] = (
     "assign_gpus",
     "sweep_name",
     "resume",
+    "checkpoint",  # how often a job saves its progress, not what it computes (a resumed job ends identical)
     "launcher",
     "hydra.launcher.n_jobs",
 )

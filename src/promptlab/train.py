@@ -44,7 +44,8 @@ from promptlab.engine.build import (
     run_label,
     save_learner,
 )
-from promptlab.engine.module import EpochSelector, PromptLearningModule
+from promptlab.engine.checkpointing import CHECKPOINT_NAME, RunCheckpoint, remove_checkpoint, resumable_checkpoint
+from promptlab.engine.module import EpochSelector, PromptLearningModule, ValidationSelector
 from promptlab.errors import ConfigError
 from promptlab.logs import quiet_libraries
 from promptlab.protocols import get_protocol
@@ -154,8 +155,11 @@ def job_devices(cfg: DictConfig, n_gpus: int | None = None) -> tuple[list[int], 
 
 
 # --------------------------------------------------------------------------- the run
-def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Fit and evaluate; returns the record's fields (metrics, evaluations, timings, notes)."""
+def execute(cfg: DictConfig, run_dir: Path, config_digest: str | None = None) -> dict[str, Any]:
+    """Fit and evaluate; returns the record's fields (metrics, evaluations, timings, notes).
+
+    With `config_digest` (the resume hash) and checkpoint.enabled, training writes `last.ckpt` at epoch ends
+    and, with resume=true, continues from one this config left behind."""
     t_start = time.perf_counter()
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
@@ -174,14 +178,34 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     selector = None
     if trains and learner.selects_epoch:
         selector = EpochSelector(split="test" if getattr(learner, "select_on_test", False) else "val")
+    val_cfg = cfg.get("validation")
+    validating = val_cfg is not None and bool(data.val_items)
+    every_val = int(val_cfg.every_n_epochs) if validating and trains else 0
+    if selector is None and trains and validating and choice(val_cfg.selection) == "best_val":
+        selector = ValidationSelector()
     placement = job_devices(cfg)
+    callbacks: list[L.Callback] = [selector] if selector is not None else []
+    ckpt_cfg = cfg.get("checkpoint")
+    resume_from, resume_note = None, None
+    checkpoints = trains and config_digest is not None and ckpt_cfg is not None and bool(ckpt_cfg.enabled)
+    if checkpoints:
+        callbacks.append(RunCheckpoint(run_dir / CHECKPOINT_NAME, config_digest, ckpt_cfg.every_n_epochs,
+                                       ckpt_cfg.every_n_minutes))
+        if cfg.get("resume", True):
+            resume_from, resume_note = resumable_checkpoint(run_dir, config_digest)
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max(epochs, 1), logger=build_loggers(cfg, run_dir),
                                      use_distributed_sampler=False, default_root_dir=str(run_dir),
-                                     callbacks=[selector] if selector is not None else None,
+                                     callbacks=callbacks or None,
+                                     # Lightning refuses a Checkpoint callback unless checkpointing is enabled.
+                                     **({"enable_checkpointing": True} if checkpoints else {}),
+                                     # every_n_epochs=0: no validation during fit (only the one after it).
+                                     check_val_every_n_epoch=every_val or max(epochs, 1) + 1,
+                                     limit_val_batches=1.0 if validating else 0,
                                      **({"devices": placement[0]} if placement else {}))
     # Lightning may change the precision (16-mixed falls back to bf16-mixed on CPU): encode features as it runs.
     datamodule.precision = str(trainer.precision)
     t_setup = time.perf_counter()
+    precheck_s = 0.0
     fit_notes: list[str] = []
     fit_summary: dict[str, Any] = {}
     fit_data = None
@@ -192,10 +216,21 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             fit_notes.append(f"fitted state loaded from {cfg.load_prompt}")  # not fitted again
         else:
             fit_notes.append(_chosen_note(learner.fit_features(clip, fit_data)))
-    if selector is not None:
+    if selector is not None and not isinstance(selector, ValidationSelector):
         _held_out(selector, data, datamodule, fit_data)
+    if resume_note is not None:
+        fit_notes.append(resume_note)
     if trains:
-        trainer.fit(module, datamodule=datamodule)
+        # Every test image is decoded before training (with cached features: they are extracted now and reused by
+        # the evaluations): a bad test image stops the run here, not after the training it would waste.
+        module.to(trainer.strategy.root_device)
+        t_check = time.perf_counter()
+        for eval_set in data.eval_sets:
+            if learner.scores_unseen_classes or list(eval_set.classnames) == list(data.train_classnames):
+                datamodule.check_eval_images(eval_set)
+        precheck_s = time.perf_counter() - t_check  # test features extracted now: counted as evaluation time
+        # weights_only: a checkpoint holds tensors and plain containers only (RunCheckpoint writes nothing else).
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         if fit_data is not None:
             fit_notes.append(_chosen_note(learner.finish_fit(clip, fit_data)))
     if selector is not None and selector.best is not None:
@@ -205,7 +240,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if selector.split != "val":
             fit_notes.append("EPOCH SELECTED ON THE TEST SET (method.learner.select_on_test=true, the reference's "
                              "choice): the test accuracy is optimistic, not a held-out estimate")
-    fit_s = time.perf_counter() - t_setup if (trains or learner.fits_features) else 0.0
+    validation = _validate(trainer, module, datamodule, data, val_cfg, epochs if trains else 0, selector) \
+        if validating else {"split": "val", "n_images": 0, "note": "no few-shot val split: nothing validated"}
+    fit_s = time.perf_counter() - t_setup - precheck_s if (trains or learner.fits_features) else 0.0
     if trainer.is_global_zero and learner.trainable:
         save_learner(run_dir / "prompt_learner.pt", learner, cfg, clip=clip)
         log_prompt_artifact(trainer.loggers, run_dir / "prompt_learner.pt", run_label(cfg),
@@ -230,8 +267,10 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "name": eval_set.name, "dataset": eval_set.dataset, "subset": eval_set.subset,
             "acc": module.last_eval["acc"], "n_correct": module.last_eval["n_correct"],
             "n_images": module.last_eval["n_images"], "n_classes": len(eval_set.classnames),
+            "top5_acc": module.last_eval["top5_acc"], "n_correct_top5": module.last_eval["n_correct_top5"],
+            "mean_per_class_acc": module.last_eval["mean_per_class_acc"],
         })
-    eval_s = time.perf_counter() - t_eval
+    eval_s = time.perf_counter() - t_eval + precheck_s
     prompt_notes = list(getattr(getattr(learner, "text_prompts", None), "notes", []))
     notes = list(data.notes) + ([placement[1]] if placement else []) + prompt_notes
     skipped = datamodule.train_skipped + [s for e in data.eval_sets for s in e.skipped]
@@ -243,18 +282,42 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                          precision=str(trainer.precision), lr=lr if learner.trainable else None)
     return {
         "summary": {**summary, **fit_summary},
-        "metrics": get_protocol(choice(cfg.protocol.name)).metrics(evaluations),
+        "metrics": _metrics(choice(cfg.protocol.name), evaluations),
         "evaluations": evaluations,
         "timings": {"total_s": time.perf_counter() - t_start, "setup_s": t_setup - t_start, "fit_s": fit_s,
                     "eval_s": eval_s},
         "notes": notes + fit_notes
         + ([f"final train loss {float(train_loss):.4f}"] if train_loss is not None else []),
+        "validation": validation,
         "trainer": trainer,
         "learner": learner,
         "clip": clip,
         "data": data,
         "datamodule": datamodule,
     }
+
+
+def _metrics(protocol_name: str, evaluations: list[dict[str, Any]]) -> dict[str, float]:
+    protocol = get_protocol(protocol_name)
+    return {**protocol.metrics(evaluations), **protocol.extra_metrics(evaluations)}
+
+
+def _validate(trainer: L.Trainer, module: PromptLearningModule, datamodule: Any, data: Any, val_cfg: DictConfig,
+              epochs: int, selector: EpochSelector | None) -> dict[str, Any]:
+    """The record's `validation`: the accuracy on the few-shot val split of the prompt that is evaluated, and the
+    history of the epochs validated during training. Validation after training runs unless the last epoch was
+    validated and kept."""
+    history = list(module.val_history)
+    restored = selector is not None and selector.best is not None and selector.best[1] + 1 != epochs
+    if not history or history[-1]["epoch"] != epochs or restored:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    final = module.last_val
+    record = {"split": "val", "acc": final["acc"], "n_correct": final["n_correct"], "n_images": final["n_images"],
+              "every_n_epochs": int(val_cfg.every_n_epochs), "selection": choice(val_cfg.selection),
+              "history": history}
+    if selector is not None and selector.best is not None:
+        record["selected_epoch"] = selector.best[1] + 1
+    return record
 
 
 def _held_out(selector: EpochSelector, data: Any, datamodule: Any, fit_data: Any) -> None:
@@ -295,7 +358,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     interruption = Interruption()
     try:
         with interrupt_signals() as interruption:
-            result = execute(cfg, run_dir)
+            result = execute(cfg, run_dir, config_digest=digest)
     except BaseException as err:
         if not (isinstance(err, KeyboardInterrupt) or interruption.signum is not None):
             if _rank() == 0:
@@ -303,20 +366,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                                    overrides=overrides, config=plain_cfg))
             finish_wandb()
             raise
-        # Ctrl-C or SIGTERM (pre-emption, scancel): say so, and how to go on.
+        # Ctrl-C, SIGTERM or SLURM's pre-emption signal: say so, and how to go on.
         if _rank() == 0:
             write_record(run_dir, make_record(run_dir, status=STATUS_INTERRUPTED, summary=_safe_summary(cfg),
                                               config_hash=digest, overrides=overrides, config=plain_cfg,
                                               launch=launch))
         finish_wandb()
         print(f"promptlab: {cfg.run_name} interrupted; rerun the same command to resume (finished jobs are "
-              "skipped).", file=sys.stderr, flush=True)
+              "skipped, this one continues from its last checkpoint).", file=sys.stderr, flush=True)
+        if isinstance(err, SystemExit) and interruption.signum == _preemption_signal():
+            raise  # submitit requeued the job and asked to exit: keep its exit code
         raise SystemExit(EXIT_INTERRUPTED) from None
     record = make_record(
         run_dir, status=STATUS_COMPLETE, summary=result["summary"], config_hash=digest, overrides=overrides,
         config=plain_cfg, metrics=result["metrics"], evaluations=result["evaluations"],
         timings=result["timings"], notes=result["notes"], backbone=result["clip"].record(),
     )
+    record["validation"] = result["validation"]
     trainer = result["trainer"]
     if trainer.is_global_zero:
         if cfg.get("analysis", False) and result["learner"].direct_logits:
@@ -328,6 +394,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             analyze_run_objects(run_dir, cfg, result)
         try:
             write_record(run_dir, record)
+            if not OmegaConf.select(cfg, "checkpoint.keep", default=False):
+                remove_checkpoint(run_dir)  # the job is complete: a rerun skips it and never resumes
         except OSError as err:  # the results are still shown; only the file is missing
             log.error("could not write the run record %s: %s", run_dir / "metrics.json", err)
         _log_test_metrics(trainer, record)
@@ -347,11 +415,21 @@ class Interruption:
     signum: int | None = None
 
 
+def _preemption_signal() -> int | None:
+    """The signal a SLURM job gets before its time limit or pre-emption when submitit runs it (USR2 unless
+    SUBMITIT_PREEMPT_SIGNAL says otherwise); None where the platform has no such signal (Windows)."""
+    name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, name, None)
+
+
 @contextmanager
 def interrupt_signals() -> Iterator[Interruption]:
     """Within the block, SIGINT (Ctrl-C) and SIGTERM (a cluster's pre-emption, `scancel`, `kill`) raise
     KeyboardInterrupt and are remembered, so the job records `interrupted` instead of `failed` or nothing.
-    Main thread only (signal handlers cannot be set elsewhere)."""
+    The pre-emption signal (SIGUSR2) is remembered too and then handed to the handler that was there before:
+    under launcher=submitit_slurm that is submitit's, which requeues the job (hydra.launcher.max_num_timeout)
+    and exits; the requeued job resumes from its last.ckpt. Main thread only (signal handlers cannot be set
+    elsewhere)."""
     state = Interruption()
     if threading.current_thread() is not threading.main_thread():
         yield state
@@ -361,7 +439,19 @@ def interrupt_signals() -> Iterator[Interruption]:
         state.signum = signum
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = [signal.SIGINT, signal.SIGTERM]
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    preemption = _preemption_signal()
+    if preemption is not None:
+        before = signal.getsignal(preemption)
+
+        def preempted(signum: int, frame: Any) -> None:
+            state.signum = signum
+            if callable(before):
+                before(signum, frame)  # submitit: requeue, then SystemExit
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        previous[preemption] = signal.signal(preemption, preempted)
     try:
         yield state
     finally:
@@ -414,7 +504,14 @@ def main(cfg: DictConfig) -> float | None:
     quiet_libraries()
     with user_errors_in_hydra_job("promptlab-train"):
         record = run(cfg)
-    return (record or {}).get("metrics", {}).get("hm")
+    # What a Hydra sweeper (Optuna, hparams_search) optimises: the accuracy on the few-shot val split, never a
+    # test metric (the test split is not read to compute it).
+    return objective(record)
+
+
+def objective(record: dict[str, Any] | None) -> float | None:
+    """A run's value for a sweeper: its validation accuracy (None when it had no val split)."""
+    return ((record or {}).get("validation") or {}).get("acc")
 
 
 if __name__ == "__main__":

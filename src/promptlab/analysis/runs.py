@@ -13,6 +13,7 @@ import torch
 from promptlab.analysis.drift import AnalysisError, analyze
 from promptlab.analysis.report import write_analysis
 from promptlab.errors import MissingPathError
+from promptlab.interpret import prompt_words
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def analyze_run_objects(run_dir: Path, cfg: Any, result: Mapping[str, Any]) -> d
     analysis = analyze(result["clip"], result["learner"], list(cfg.dataset.templates), data.eval_sets,
                        datamodule.eval_features, dataset_dir=dataset_dir, seed=int(cfg.seed))
     analysis["run"] = _run_info(Path(run_dir), result.get("summary") or {})
+    analysis["prompt_words"] = prompt_words(result["clip"], result["learner"])
     paths = write_analysis(analysis, Path(run_dir) / ANALYSIS_DIRNAME)
     log.info("prompt-drift analysis written to %s", Path(run_dir) / ANALYSIS_DIRNAME)
     return paths
@@ -82,4 +84,5 @@ def analyze_run_dir(run_dir: Path, n_examples: int = 6) -> dict[str, Path]:
                        parts.datamodule.eval_features, dataset_dir=dataset_dir, n_examples=n_examples,
                        seed=int(cfg.seed))
     analysis["run"] = _run_info(run_dir, record["summary"])
+    analysis["prompt_words"] = prompt_words(parts.clip, parts.learner)
     return write_analysis(analysis, run_dir / ANALYSIS_DIRNAME)

@@ -37,6 +37,13 @@ class Augment(str, Enum):
     coop = "coop"
 
 
+class AugmentBackend(str, Enum):
+    """Where training augmentation runs: tensor (decode once, batched on the device) or pil (the reference's)."""
+
+    tensor = "tensor"
+    pil = "pil"
+
+
 class TrainCache(str, Enum):
     """Frozen training features: auto (on exactly when exact), on, off."""
 
@@ -95,7 +102,8 @@ class PathsConf:
     data_root: str = "${oc.env:PROMPTLAB_DATA,data}"
     output_dir: str = "${oc.env:PROMPTLAB_OUTPUT,outputs}"
     cache_dir: str = "${oc.env:PROMPTLAB_CACHE,${paths.output_dir}/cache}"
-    fewshot_dir: str | None = None  # null: <dataset>/split_fewshot, as the reference
+    # null: <dataset>/split_fewshot, as the reference; or a folder of selections (e.g. promptlab-import shots --out)
+    fewshot_dir: str | None = None
 
 
 @dataclass
@@ -118,6 +126,7 @@ class ModelConf:
     quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU
     weights_dtype: WeightsDtype = WeightsDtype.fp32  # the reference's fp16 weights are a known NaN source
     truncate_text: bool = True  # stop the text transformer after the last EOT; only where exact (docs/backbones.md)
+    compile_image: bool = False  # torch.compile the frozen image tower (training and evaluation encodes)
     share_prefix: bool = True  # prompts sharing [SOS, context] encode it once; only where exact (docs/backbones.md)
     cache_dir: str | None = None  # open_clip's download cache
 
@@ -155,6 +164,10 @@ class DatasetConf:
     split_seed: int | None = None
     rename_classes: dict[str, str] | None = None
     num_classes: int | None = None  # null: no check
+    # Training-image augmentation of the methods that train by gradient (method.loader.augment follows it):
+    # the reference's RandomResizedCrop + flip on real images (CoOp configs, INPUT.TRANSFORMS); the toy
+    # worlds set none, which keeps their training features cacheable (docs/reference.md, "Transforms").
+    augment: Augment = Augment.coop
     test_only: bool = False  # evaluation only (domain-generalisation targets): refused as a training source
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     # The dataset's prompt ensemble (prompts.templates=dataset_ensemble): the CLIP paper's, data/prompts.md.
@@ -305,11 +318,17 @@ class OptimConf:
 class MethodLoaderConf:
     batch_size: int = 32
     eval_batch_size: int = 100
-    augment: Augment = Augment.none
+    # The dataset's (dataset.augment: the reference's crop + flip on real data, none on the toy world); the
+    # methods that fit on frozen features without augmentation in their reference set none.
+    augment: Augment = II("dataset.augment")
     # Frozen training features: auto = on exactly when exact (augment=none). on + augmentation needs
     # train_views=K: K fixed augmented views per image (an approximation, documented).
     train_cache: TrainCache = TrainCache.auto
     train_views: int = 0
+    # tensor: each training image decoded once, crop/flip/normalise per batch on the device (the reference's
+    # box distribution, data/tensor_augment.py); pil: the reference's per-image PIL pipeline, exactly.
+    augment_backend: AugmentBackend = AugmentBackend.tensor
+    decoded_cache_disk: bool = False  # also keep the decoded training images under paths.cache_dir/decoded
 
 
 @dataclass
@@ -327,6 +346,7 @@ class ZeroShotMethodConf(MethodConf):
     display_name: str = "CLIP"
     learner: ZeroShotLearnerConf = field(default_factory=ZeroShotLearnerConf)
     optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=0))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(augment=Augment.none))
 
 
 @dataclass
@@ -362,6 +382,8 @@ class LinearProbeMethodConf(MethodConf):
     display_name: str = "Linear probe"
     learner: LinearProbeLearnerConf = field(default_factory=LinearProbeLearnerConf)
     optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=0))  # closed-form fit, no epochs
+    # The reference (CoOp lpclip/) encodes every split with the test transform.
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(augment=Augment.none))
 
 
 @dataclass
@@ -370,6 +392,8 @@ class TipAdapterMethodConf(MethodConf):
     display_name: str = "Tip-Adapter"
     learner: TipAdapterLearnerConf = field(default_factory=TipAdapterLearnerConf)
     optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=0))
+    # One cached view per image; the reference's 10 averaged crops: augment=coop train_cache=on train_views=10.
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(augment=Augment.none))
 
 
 @dataclass
@@ -382,7 +406,7 @@ class TipAdapterFMethodConf(MethodConf):
     learner: TipAdapterFLearnerConf = field(default_factory=TipAdapterFLearnerConf)
     optim: OptimConf = field(default_factory=lambda: OptimConf(
         lr=1e-3, epochs=20, warmup_epochs=0, reference_batch_size=256, schedule_unit=ScheduleUnit.step))
-    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=256))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=256, augment=Augment.none))
 
 
 # --------------------------------------------------------------------------- trainer, loggers
@@ -444,6 +468,34 @@ class MLFlowLoggerConf:
     save_dir: str | None = "${paths.output_dir}/mlruns"  # shared by every run of the output folder
 
 
+class Selection(str, Enum):
+    """Which epoch's prompt is evaluated: the last (the reference), or the best on the few-shot val split."""
+
+    last = "last"
+    best_val = "best_val"
+
+
+@dataclass
+class ValidationConf:
+    """Validation on the few-shot val split of the training classes (never test data). Its accuracy is recorded
+    and is what `main()` hands a Hydra sweeper (Optuna, hparams_search) to optimise."""
+
+    every_n_epochs: int = 0  # 0: once, after training; N: also at every N-th epoch end (the history is recorded)
+    selection: Selection = Selection.last  # best_val needs every_n_epochs >= 1
+
+
+@dataclass
+class CheckpointConf:
+    """In-run checkpoints (`<run dir>/last.ckpt`, promptlab.engine.checkpointing): a rerun of the job resumes."""
+
+    enabled: bool = True
+    # When it is written (always at epoch ends, and after the last epoch): at the first epoch end every_n_minutes
+    # after the previous write, and every every_n_epochs epochs (0: not by count). A write costs ~10 ms.
+    every_n_epochs: int = 0
+    every_n_minutes: float | None = 1.0
+    keep: bool = False  # keep last.ckpt after the job completes (a complete job is skipped, never resumed)
+
+
 # --------------------------------------------------------------------------- the root
 @dataclass
 class TrainConfig:
@@ -462,7 +514,9 @@ class TrainConfig:
     shots: int = 16  # training images per class; -1 = all
     num_threads: int | None = None  # torch intra-op threads per process (null: torch's default)
     sweep_name: str = "${now:%Y-%m-%d_%H-%M-%S-%f}"
-    resume: bool = True  # skip a job whose folder already holds a complete record of the same job
+    resume: bool = True  # skip a job whose folder already holds a complete record; continue one with a checkpoint
+    checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
+    validation: ValidationConf = field(default_factory=ValidationConf)
     analysis: bool = False  # run the prompt-drift diagnostics at the end (promptlab-analyze)
     load_prompt_strict: bool = True  # refuse a prompt learned on another backbone (architecture or weights)
     load_prompt: str | None = None  # a run's prompt_learner.pt: start from it (epochs 0: evaluate it only)
@@ -491,3 +545,180 @@ LOGGER_SCHEMAS: dict[str, type] = {
 }
 
 OPTIMIZER_SCHEMAS: dict[str, type] = {"sgd": SGDConf, "adamw": AdamWConf}
+
+
+# --------------------------------------------------------------------------- ProGrad (methods/prograd.py)
+class ProGradInitSplit(str, Enum):
+    words = "words"  # the reference: as many BPE tokens as the phrase has space-separated words are learned
+    tokens = "tokens"  # every BPE token of the phrase is learned
+
+
+@dataclass
+class ProGradLearnerConf(CoOpLearnerConf):
+    """ProGrad (Prompt-align, trainers/prograd.py): 16 slots, the init phrase in the last ones and zeros before;
+    with reference_templates the dataset's ProGrad template (methods/prograd.py::PROGRAD_TEMPLATES) is both the
+    zero-shot teacher's prompt and the init phrase; datasets it lacks use `templates` and `ctx_init`."""
+
+    _target_: str = "promptlab.methods.ProGradPrompts"
+    n_ctx: int = 16
+    ctx_init: str | None = "a photo of a"
+    reference_templates: bool = True
+    dataset: str = II("dataset.name")
+    init_split: ProGradInitSplit = ProGradInitSplit.words
+    prograd_lambda: float = 1.0  # LOSS.LAMBDA (README: 0.8 for 8/16 shots on Flowers, DTD, EuroSAT)
+    temperature: float = 1.0  # LOSS.T
+    templates: list[str] = II(PROMPT_TEMPLATES)
+    descriptions: str | None = II("prompts.descriptions")
+    descriptions_sha256: str | None = II(PROMPT_DESCRIPTIONS_SHA256)
+    combine_templates: bool = II("prompts.combine")
+
+
+@dataclass
+class ProGradMethodConf(MethodConf):
+    """The reference's configs are RN50 only (batch 32, SGD lr 0.002, warm-up + cosine, epochs by shots): the
+    defaults here are CoOp's ViT-B/16 schedule, which is the same optimiser with epochs by shots."""
+
+    name: str = "prograd"
+    display_name: str = "ProGrad"
+    learner: ProGradLearnerConf = field(default_factory=ProGradLearnerConf)
+
+
+METHOD_SCHEMAS["prograd"] = ProGradMethodConf
+
+
+# --------------------------------------------------------------------------- deep / multi-modal prompts
+# Defaults: the reference's base-to-novel configs (ViT-B/16, batch 4, SGD, 1 warm-up epoch then cosine), read in
+# muzairkhattak/multimodal-prompt-learning @69bce21 and muzairkhattak/PromptSRC @bb95c77 (docs/deep_prompts.md).
+# Depths count the blocks that get fresh tokens, block 0 included (at most the tower's block count).
+@dataclass
+class DeepPromptOptions:
+    """Options every deep prompt learner shares (reference quirks and memory)."""
+
+    # The reference casts every inserted prompt with .half() whatever its precision: true rounds them to fp16
+    # values the same way (deep text prompts and all image prompts; not the block-0 text context).
+    fp16_prompts: bool = False
+    checkpoint_blocks: bool = False  # recompute image-tower block activations in backward (memory for compute)
+
+
+@dataclass
+class VPTLearnerConf(DeepPromptOptions):
+    """configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml: 8 vision tokens, depth 12; text fixed."""
+
+    _target_: str = "promptlab.methods.vpt.VPTPrompts"
+    n_ctx_vision: int = 8
+    vision_depth: int = 12
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])  # the reference's, every dataset
+
+
+@dataclass
+class IVLPLearnerConf(DeepPromptOptions):
+    """configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml: 2 + 2 tokens, depth 12 in both towers.
+
+    keep_init_tail: the reference learns the first n_ctx tokens of ctx_init and keeps the rest of the phrase as
+    fixed words ("a photo" learned, "of a" fixed for n_ctx=2); false: n_ctx must equal the phrase's tokens."""
+
+    _target_: str = "promptlab.methods.ivlp.IVLPPrompts"
+    n_ctx: int = 2
+    ctx_init: str | None = "a photo of a"
+    text_depth: int = 12
+    n_ctx_vision: int = 2
+    vision_depth: int = 12
+    keep_init_tail: bool = True
+
+
+@dataclass
+class IVLPLanguageLearnerConf(IVLPLearnerConf):
+    """configs/trainers/IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only.yaml: 4 text tokens, depth 12, no vision."""
+
+    n_ctx: int = 4
+    n_ctx_vision: int = 0
+    vision_depth: int = 0
+
+
+@dataclass
+class MaPLeLearnerConf(DeepPromptOptions):
+    """configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml: 2 tokens from "a photo of a", depth 9."""
+
+    _target_: str = "promptlab.methods.maple.MaPLePrompts"
+    n_ctx: int = 2
+    ctx_init: str | None = "a photo of a"
+    depth: int = 9
+    keep_init_tail: bool = True
+
+
+@dataclass
+class PromptSRCLearnerConf(IVLPLearnerConf):
+    """configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml: IVLP 4 + 4 tokens, depth 9 / 9, loss
+    weights 25 (text L1) and 10 (image L1), the KL unweighted; GPA mean 15, std 1 over 20 epochs.
+    teacher_templates null: the reference's 60 (the first 60 of CLIP's 80 ImageNet templates)."""
+
+    _target_: str = "promptlab.methods.promptsrc.PromptSRCPrompts"
+    n_ctx: int = 4
+    text_depth: int = 9
+    n_ctx_vision: int = 4
+    vision_depth: int = 9
+    text_loss_weight: float = 25.0
+    image_loss_weight: float = 10.0
+    logit_loss_weight: float = 1.0
+    gpa: bool = True
+    gpa_mean: float = 15.0
+    gpa_std: float = 1.0
+    teacher_templates: list[str] | None = None
+
+
+def _deep_optim(lr: float, epochs: int) -> OptimConf:
+    return OptimConf(lr=lr, epochs=epochs, reference_batch_size=4)
+
+
+@dataclass
+class VPTMethodConf(MethodConf):
+    name: str = "vpt"
+    display_name: str = "VPT"
+    learner: VPTLearnerConf = field(default_factory=VPTLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: _deep_optim(0.0025, 5))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+@dataclass
+class IVLPMethodConf(MethodConf):
+    name: str = "ivlp"
+    display_name: str = "IVLP"
+    learner: IVLPLearnerConf = field(default_factory=IVLPLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: _deep_optim(0.0035, 5))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+@dataclass
+class IVLPLanguageMethodConf(MethodConf):
+    name: str = "ivlp_language"
+    display_name: str = "Deep language prompts"
+    learner: IVLPLanguageLearnerConf = field(default_factory=IVLPLanguageLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: _deep_optim(0.0025, 5))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+@dataclass
+class MaPLeMethodConf(MethodConf):
+    name: str = "maple"
+    display_name: str = "MaPLe"
+    learner: MaPLeLearnerConf = field(default_factory=MaPLeLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: _deep_optim(0.0035, 5))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+@dataclass
+class PromptSRCMethodConf(MethodConf):
+    name: str = "promptsrc"
+    display_name: str = "PromptSRC"
+    learner: PromptSRCLearnerConf = field(default_factory=PromptSRCLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: _deep_optim(0.0025, 20))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+METHOD_SCHEMAS.update({
+    "vpt": VPTMethodConf,
+    "ivlp": IVLPMethodConf,
+    "ivlp_language": IVLPLanguageMethodConf,
+    "maple": MaPLeMethodConf,
+    "promptsrc": PromptSRCMethodConf,
+})

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from promptlab.config.schema import PRECISIONS, Augment, ProtocolName, ScheduleUnit, TrainCache
+from promptlab.config.schema import PRECISIONS, Augment, ProtocolName, ScheduleUnit, Selection, TrainCache
 from promptlab.errors import ConfigError
 
 
@@ -35,13 +35,15 @@ def _tokenizer(factory: Callable[[], Any]) -> Any:
     return factory()
 
 
-def check_context(n_ctx: int, ctx_init: str | None, key: str = "method.learner") -> None:
+def check_context(n_ctx: int, ctx_init: str | None, key: str = "method.learner", keep_init_tail: bool = False) -> None:
     """The context rule: with an init phrase the context has one vector per phrase token (the reference
     CoOp/CoCoOp), so an n_ctx that differs from the phrase's token count is refused, not silently ignored."""
     if n_ctx < 1:
         raise ConfigError(f"{key}.n_ctx={n_ctx}: a context needs at least one vector (n_ctx >= 1).")
     if ctx_init:
         tokens = phrase_token_count(ctx_init)
+        if keep_init_tail and n_ctx <= tokens:
+            return  # deep prompt learners: the first n_ctx phrase tokens are learned, the rest stay fixed words
         if tokens != n_ctx:
             raise ConfigError(
                 f"{key}.n_ctx={n_ctx} but {key}.ctx_init={ctx_init!r} is {tokens} tokens: the context is "
@@ -117,9 +119,11 @@ def problems(cfg: DictConfig) -> list[str]:
     need(optim.reference_batch_size >= 1,
          f"method.optim.reference_batch_size={optim.reference_batch_size}: must be at least 1.")
 
-    if "n_ctx" in learner:
+    # ProGrad (a learner with init_split) puts its phrase after zero vectors, n_ctx >= the phrase: its own check.
+    if "n_ctx" in learner and "init_split" not in learner:
         try:
-            check_context(int(learner.n_ctx), learner.get("ctx_init"))
+            check_context(int(learner.n_ctx), learner.get("ctx_init"),
+                          keep_init_tail=bool(learner.get("keep_init_tail")))
         except ConfigError as err:
             found.append(str(err))
     found += _baseline_problems(method)
@@ -136,6 +140,19 @@ def problems(cfg: DictConfig) -> list[str]:
     precision = str(cfg.trainer.precision)
     need(precision in PRECISIONS, f"trainer.precision={precision}: expected one of {', '.join(PRECISIONS)}.")
     need(cfg.loader.num_workers >= 0, f"loader.num_workers={cfg.loader.num_workers}: must be 0 or more.")
+    validation = cfg.get("validation")
+    if validation is not None:
+        every = validation.every_n_epochs
+        need(every >= 0, f"validation.every_n_epochs={every}: must be 0 (once, after training) or more.")
+        need(not (validation.selection == Selection.best_val and every < 1),
+             f"validation.selection=best_val with validation.every_n_epochs={every}: the best epoch is chosen among "
+             "the validated ones; set validation.every_n_epochs=1 (or N).")
+    checkpoint = cfg.get("checkpoint")
+    if checkpoint is not None:
+        need(checkpoint.every_n_epochs >= 0,
+             f"checkpoint.every_n_epochs={checkpoint.every_n_epochs}: must be 0 (only by time) or more.")
+        minutes = checkpoint.every_n_minutes
+        need(minutes is None or minutes > 0, f"checkpoint.every_n_minutes={minutes}: must be positive, or null.")
     threads = cfg.get("num_threads")
     need(threads is None or threads >= 1, f"num_threads={threads}: must be at least 1, or null.")
 

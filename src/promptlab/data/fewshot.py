@@ -19,7 +19,7 @@ import logging
 import os
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,14 +49,30 @@ def seeded_rng(*parts: object) -> random.Random:
     return random.Random("promptlab:" + ":".join(str(p) for p in parts))
 
 
-def draw_without_replacement(items: Sequence[T], k: int, rng: random.Random) -> list[T]:
-    """The first k steps of a Fisher-Yates shuffle (uses only `rng.random()`, see `seeded_rng`)."""
+def draw_without_replacement(
+    items: Sequence[T], k: int, rng: random.Random, usable: Callable[[T], bool] | None = None
+) -> list[T]:
+    """The first k steps of a Fisher-Yates shuffle (uses only `rng.random()`, see `seeded_rng`).
+
+    With `usable`, an item it rejects is passed over and the shuffle goes on until k usable items are
+    drawn (or the pool ends): when every item is usable the draw is exactly the plain one, and a missing
+    image only changes its own slot of the selection.
+    """
     pool = list(items)
-    k = min(k, len(pool))
-    for i in range(k):
+    chosen: list[T] = []
+    i = 0
+    while len(chosen) < k and i < len(pool):
         j = i + int(rng.random() * (len(pool) - i))
         pool[i], pool[j] = pool[j], pool[i]
-    return pool[:k]
+        if usable is None or usable(pool[i]):
+            chosen.append(pool[i])
+        i += 1
+    return chosen
+
+
+def image_on_disk(item: Datum) -> bool:
+    """Whether a drawn image can go into a saved selection: it must exist (one stat per drawn image)."""
+    return os.path.isfile(item.impath)
 
 
 def _check_shots(shots: int) -> None:
@@ -64,47 +80,94 @@ def _check_shots(shots: int) -> None:
         raise ConfigError(f"shots must be a positive integer or -1 (all images), got {shots!r}.")
 
 
-def sample_few_shot(items: list[Datum], shots: int, seed: int) -> tuple[list[Datum], list[str]]:
-    """Draw `shots` items per label (all of them when shots == -1).
+def sample_few_shot(
+    items: list[Datum], shots: int, seed: int, usable: Callable[[Datum], bool] | None = None, split: str = ""
+) -> tuple[list[Datum], list[str]]:
+    """Draw `shots` items per label (all of them when shots == -1), passing over those `usable` rejects.
 
-    Returns the selection, ordered by label then path, and notes for classes that have fewer than
-    `shots` items (those keep all their items).
+    Returns the selection, ordered by label then path, and notes: one summary for the classes that have
+    fewer than `shots` items (those keep all their items), one for images passed over. The warnings are
+    summaries too: one line, not one per class (ImageNet has 1,000); `split` ("train", "val") prefixes them.
     """
     _check_shots(shots)
     by_label: dict[int, list[Datum]] = defaultdict(list)
     for item in items:
         by_label[item.label].append(item)
     selected: list[Datum] = []
-    notes: list[str] = []
+    short: list[str] = []
+    passed_over: list[str] = []
     for label in sorted(by_label):
         pool = sorted(by_label[label], key=lambda d: d.impath)
         if shots == -1:
             selected.extend(pool)
             continue
         if len(pool) < shots:
-            note = (
-                f"class {label} ({pool[0].classname!r}) has {len(pool)} image(s), fewer than shots={shots}: "
-                f"all {len(pool)} kept (the reference keeps them once too)."
-            )
-            log.warning(note)
-            notes.append(note)
-        chosen = draw_without_replacement(pool, shots, seeded_rng(seed, label))
+            short.append(f"class {label} ({pool[0].classname!r}) has {len(pool)} image(s)")
+
+        def keep(item: Datum) -> bool:
+            ok = usable is None or usable(item)
+            if not ok:
+                passed_over.append(item.impath)
+            return ok
+
+        chosen = draw_without_replacement(pool, shots, seeded_rng(seed, label), keep)
         selected.extend(sorted(chosen, key=lambda d: d.impath))
+    notes = []
+    prefix = f"{split}: " if split else ""
+    if short:
+        note = prefix + (
+            f"{len(short)} of {len(by_label)} classes have fewer images than shots={shots}, all kept once (as the "
+            f"reference does): {_listing(short)}"
+        )
+        log.warning(note)
+        notes.append(note)
+    if passed_over:
+        note = prefix + (
+            f"{len(passed_over)} drawn image(s) missing on disk were passed over and the next ones drawn "
+            f"instead: {_listing(passed_over)}"
+        )
+        log.warning(note)
+        notes.append(note)
     return selected, notes
 
 
-def fewshot_splits(splits: DatasetSplits, shots: int, seed: int, cache_dir: Path | None) -> DatasetSplits:
+def _listing(entries: Sequence[str], limit: int = 10) -> str:
+    more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
+    return "; ".join(entries[:limit]) + more
+
+
+def empty_classes_note(splits: DatasetSplits, train: Sequence[Datum]) -> str | None:
+    """A warning (and record note) for classes with no training image: they would train on 0 shots."""
+    present = {d.label for d in train}
+    empty = [f"class {label} ({name!r})" for label, name in enumerate(splits.classnames) if label not in present]
+    if not empty or not train:
+        return None  # test-only datasets have no training split at all; they are refused as a source elsewhere
+    note = (
+        f"{len(empty)} of {splits.num_classes} classes of {splits.name} have no training image: their prompts "
+        f"are trained on 0 shots, {_listing(empty)}. Check the dataset's train split."
+    )
+    log.warning(note)
+    return note
+
+
+def fewshot_splits(
+    splits: DatasetSplits, shots: int, seed: int, cache_dir: Path | None, save: bool = True
+) -> DatasetSplits:
     """Train = `shots` per class, val = min(shots, 4) per class, test untouched.
 
     The selection is saved as `shot_{K}-seed_{S}.json` in `cache_dir`, or by default in
     `<dataset_dir>/split_fewshot/` (the reference's folder), falling back to
     `~/.cache/promptlab/split_fewshot/<dataset>-<hash of dataset_dir>/` when the data root is read-only.
     An existing file is reused after checking that every image it lists is still in the dataset with the
-    same label and on disk; if not, a `DatasetError` says which image and how to resample.
+    same label and on disk; if not, a `DatasetError` says which image and how to resample. A drawn image
+    that is missing on disk is passed over (the next one is drawn), so a saved selection never lists one.
+    `save=False` (runs that do not train: zero-shot) draws the same selection without writing a file.
+    Saving is optional: when no location is writable the run goes on with a warning.
     """
     _check_shots(shots)
     if shots == -1:
-        return splits
+        note = empty_classes_note(splits, splits.train)
+        return replace(splits, notes=[*splits.notes, note]) if note else splits
     filename = f"shot_{shots}-seed_{seed}.json"
     candidates = [Path(cache_dir) / filename] if cache_dir is not None else [
         Path(splits.dataset_dir) / FEWSHOT_DIRNAME / filename,
@@ -115,14 +178,20 @@ def fewshot_splits(splits: DatasetSplits, shots: int, seed: int, cache_dir: Path
         train, val, notes = _load_selection(existing, splits, shots, seed)
         source = f"few-shot selection reused from {existing}"
     else:
-        train, train_notes = sample_few_shot(splits.train, shots, seed)
-        val, val_notes = sample_few_shot(splits.val, min(shots, MAX_VAL_SHOTS), seed)
-        notes = [f"train: {n}" for n in train_notes] + [f"val: {n}" for n in val_notes]
-        payload = _selection_payload(splits, shots, seed, train, val, notes)
-        written = _write_first_possible(candidates, payload)
-        source = f"few-shot selection drawn and saved to {written}"
+        train, train_notes = sample_few_shot(splits.train, shots, seed, usable=image_on_disk, split="train")
+        val, val_notes = sample_few_shot(splits.val, min(shots, MAX_VAL_SHOTS), seed, usable=image_on_disk,
+                                         split="val")
+        notes = train_notes + val_notes
+        if not save:
+            source = "few-shot selection drawn, not saved (this run does not train)"
+        else:
+            payload = _selection_payload(splits, shots, seed, train, val, notes)
+            written = _write_first_possible(candidates, payload)
+            source = (f"few-shot selection drawn and saved to {written}" if written is not None
+                      else "few-shot selection drawn, not saved (no writable location)")
+    empty = empty_classes_note(splits, train)
     log.info(source)
-    return replace(splits, train=train, val=val, notes=[*splits.notes, *notes, source])
+    return replace(splits, train=train, val=val, notes=[*splits.notes, *notes, *([empty] if empty else []), source])
 
 
 def _user_cache_dir(splits: DatasetSplits) -> Path:
@@ -168,7 +237,7 @@ def _selection_payload(
     }
 
 
-def _write_first_possible(candidates: list[Path], payload: dict[str, Any]) -> Path:
+def _write_first_possible(candidates: list[Path], payload: dict[str, Any]) -> Path | None:
     errors = []
     for path in candidates:
         try:
@@ -177,10 +246,10 @@ def _write_first_possible(candidates: list[Path], payload: dict[str, Any]) -> Pa
         except OSError as err:  # read-only data root, no permission: try the next location
             errors.append(f"{path}: {err}")
             log.info("cannot write few-shot selection to %s (%s)", path, err)
-    raise DatasetError(
-        "could not save the few-shot selection anywhere: " + "; ".join(errors)
-        + ". Pass a writable cache folder (fewshot_splits(..., cache_dir=...))."
-    )
+    # The selection is a pure function of (pool, shots, seed): not saving it costs a redraw, never a result.
+    log.warning("could not save the few-shot selection anywhere (%s); the run goes on with the selection "
+                "drawn in memory. Set paths.fewshot_dir to a writable folder to keep it.", "; ".join(errors))
+    return None
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -242,3 +311,33 @@ def _resolve(
             f"with seed {seed}."
         )
     return items
+
+
+def selection_files(splits: DatasetSplits, fewshot_dir: Path | None = None) -> list[Path]:
+    """The saved selections of a dataset: promptlab's JSON files and the reference's pickles, in every place
+    `fewshot_splits` writes them (the dataset's split_fewshot/, the user cache, `fewshot_dir`)."""
+    folders = [Path(splits.dataset_dir) / FEWSHOT_DIRNAME, _user_cache_dir(splits)]
+    if fewshot_dir is not None:
+        folders.append(Path(fewshot_dir))
+    files: list[Path] = []
+    for folder in folders:
+        if folder.is_dir():
+            files += sorted(p for p in folder.iterdir() if p.suffix in (".json", ".pkl") and p.name.startswith("shot_"))
+    return files
+
+
+def check_selection(path: Path, splits: DatasetSplits) -> str | None:
+    """None if the saved selection at `path` can be reused on `splits` (every image still listed with its
+    label and on disk), else what is wrong and what to do."""
+    if path.suffix == ".pkl":
+        return None  # the reference's pickle (Dassl objects): promptlab never reads it, so it cannot mislead
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        shots, seed = payload["shots"], payload["seed"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{path} is not a readable selection ({err!r}); delete it to draw a new one."
+    try:
+        _load_selection(path, splits, shots, seed)
+    except DatasetError as err:
+        return str(err)
+    return None

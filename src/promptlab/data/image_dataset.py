@@ -4,17 +4,19 @@ Bad images (missing, unreadable, corrupt) are handled in one of two explicit way
 - on_error="raise" (default): every file is checked to exist when the dataset is built (one stat per
   image, so a missing file fails before training rather than mid-epoch); an image that cannot be
   decoded raises when it is loaded. Both errors name the file and the "skip" option.
-- on_error="skip": a cheap pass (`PIL.Image.open(...).verify()`, no pixel decoding) finds bad images
-  when the dataset is built; they are left out, counted in a warning and listed in `skipped` (for the
-  run record). Indices refer to the kept items, so they stay stable and no sample disappears
-  mid-epoch. An image that passes `verify` but fails to decode later still raises.
+- on_error="skip": every image is decoded when the dataset is built (`promptlab.data.image_check`: a
+  header check alone passes a JPEG truncated inside its image data); bad images are left out, counted in
+  a warning and listed in `skipped` (for the run record). Verdicts are reused for files that did not
+  change (per run in memory, across runs under `check_cache_dir`), so an image is decoded for the check
+  at most once per run. Indices refer to the kept items, so they stay stable and no sample disappears
+  mid-epoch. An image that changes on disk after the check and then fails to decode still raises.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from promptlab.data.errors import DatasetError
+from promptlab.data.image_check import DecodeVerdicts, find_missing
 from promptlab.data.types import Datum
 from promptlab.errors import ConfigError
 
@@ -39,13 +42,16 @@ class ImageDataset(Dataset):
         items: Sequence[Datum],
         transform: Callable[[Image.Image], torch.Tensor],
         on_error: str = "raise",
+        check_cache_dir: Path | None = None,
     ) -> None:
+        """`check_cache_dir`: where on_error=skip keeps its decode verdicts for later runs (None: this run only)."""
         if on_error not in ON_ERROR:
             raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
         self.transform = transform
         self.on_error = on_error
         #: Left-out images: dicts with impath, label, classname and reason (JSON-ready).
         self.skipped: list[dict[str, Any]] = []
+        self.verdicts = DecodeVerdicts(check_cache_dir)
         if on_error == "skip":
             self.items = self._drop_bad(items)
         else:
@@ -61,8 +67,9 @@ class ImageDataset(Dataset):
 
     def _drop_bad(self, items: Sequence[Datum]) -> list[Datum]:
         kept = []
+        problems = self.verdicts.problems([item.impath for item in items])
         for item in items:
-            reason = _verify(item.impath)
+            reason = problems.get(item.impath)
             if reason is None:
                 kept.append(item)
             else:
@@ -75,6 +82,7 @@ class ImageDataset(Dataset):
                 "skipped %d of %d images that are missing or unreadable (e.g. %s: %s)",
                 len(self.skipped), len(items), first["impath"], first["reason"],
             )
+        log.info("on_error=skip image check: %s", self.verdicts.stats.describe())
         return kept
 
     def _load(self, item: Datum) -> Image.Image:
@@ -85,7 +93,8 @@ class ImageDataset(Dataset):
             raise DatasetError(f"image {item.impath} (label {item.label}) is missing. {SKIP_ADVICE}") from err
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
             if self.on_error == "skip":
-                advice = "It passed the check of loader.on_error=skip but cannot be decoded: delete or replace it."
+                advice = ("It passed the check of loader.on_error=skip but cannot be decoded now (changed on "
+                          "disk since?): delete or replace it.")
             else:
                 advice = SKIP_ADVICE
             raise DatasetError(
@@ -93,22 +102,24 @@ class ImageDataset(Dataset):
             ) from err
 
 
-def _verify(path: str) -> str | None:
-    """None if `path` looks like a readable image, else the reason it is not."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except FileNotFoundError:
-        return "missing"
-    except Exception as err:  # any PIL failure means the file cannot be used
-        return f"unreadable ({err!r})"
-    return None
-
-
 def _require_files_exist(items: Sequence[Datum]) -> None:
-    missing = [item.impath for item in items if not os.path.isfile(item.impath)]
+    missing = find_missing(items)
     if missing:
         raise DatasetError(
-            f"{len(missing)} of {len(items)} listed image(s) are missing, e.g. {missing[0]}. Check the "
+            f"{len(missing)} of {len(items)} listed image(s) are missing, e.g. {missing[0].impath}. Check the "
             f"dataset folder (paths.data_root). {SKIP_ADVICE}"
+        )
+
+
+def require_decodable(items: Sequence[Datum], check_cache_dir: Path | None = None) -> None:
+    """Decode every image of `items` once (verdicts reused as in on_error=skip); DatasetError naming the bad
+    ones. For checks before training of images that are otherwise decoded only after it."""
+    verdicts = DecodeVerdicts(check_cache_dir)
+    problems = verdicts.problems([item.impath for item in items])
+    log.info("image check before training: %s", verdicts.stats.describe())
+    if problems:
+        path, reason = next(iter(problems.items()))
+        raise DatasetError(
+            f"{len(problems)} of {len(items)} image(s) are missing or cannot be decoded, e.g. {path}: {reason}. "
+            f"Replace them (re-download or re-extract the dataset). {SKIP_ADVICE}"
         )

@@ -23,6 +23,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 AUGMENTS = ("none", "flip", "coop")
 RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision's default, which Dassl does not change
 
 
 def build_transform(
@@ -53,7 +54,7 @@ def build_transform(
     to_tensor = [T.ToTensor(), T.Normalize(mean=tuple(mean), std=tuple(std))]
     if train and augment == "coop":
         return T.Compose([
-            T.RandomResizedCrop(image_size, scale=RRC_SCALE, interpolation=mode),
+            T.RandomResizedCrop(image_size, scale=RRC_SCALE, ratio=RRC_RATIO, interpolation=mode),
             T.RandomHorizontalFlip(),
             *to_tensor,
         ])

@@ -21,7 +21,8 @@ class DatasetSplits:
 
     `classnames[label]` is the name used in prompts (underscores already replaced by spaces).
     `notes` collects non-fatal findings (e.g. classes with fewer images than requested shots)
-    so that they end up in the run record.
+    so that they end up in the run record. `class_source` is the file the class list was read from (the
+    split file, the class-name file), named in messages about it.
     """
 
     name: str
@@ -31,6 +32,7 @@ class DatasetSplits:
     test: list[Datum]
     classnames: list[str]
     notes: list[str] = field(default_factory=list)
+    class_source: Path | None = None
 
     @property
     def num_classes(self) -> int:

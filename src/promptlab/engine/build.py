@@ -130,9 +130,12 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
     """Build a run's parts from its config (training and promptlab-analyze share this)."""
     method, loader = cfg.method, cfg.method.loader
     clip = load_clip_from_config(cfg.model, device=device)
+    if cfg.model.get("compile_image", False):
+        clip.compile_image_tower()
     data = get_protocol(choice(cfg.protocol.name)).build_data(
         cfg.protocol, cfg.dataset, Path(cfg.paths.data_root).expanduser().resolve(), int(cfg.shots), int(cfg.seed),
         Path(cfg.paths.fewshot_dir) if cfg.paths.get("fewshot_dir") else None,
+        on_error=choice(cfg.loader.on_error), save_fewshot=uses_fewshot(cfg),
     )
     learner = instantiate(method.learner, _convert_="all", clip=clip,
                           **learner_kwargs(method, data.train_classnames, int(cfg.seed)))
@@ -149,8 +152,24 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
         cache_dir=Path(cfg.paths.cache_dir), on_error=choice(cfg.loader.on_error),
         precision=str(cfg.trainer.precision), seed=int(cfg.seed),
         val_items=data.val_items, normalize_features=bool(getattr(learner, "normalized_features", True)),
+        augment_backend=choice(loader.get("augment_backend", "tensor")),
+        decoded_cache_disk=bool(loader.get("decoded_cache_disk", False)),
+        images_through_learner=bool(getattr(learner, "encodes_images", False)),
     )
     return RunParts(clip, data, learner, datamodule)
+
+
+def uses_fewshot(cfg: DictConfig) -> bool:
+    """Whether the run learns from its few-shot selection (so it is saved for the other runs to reuse): a
+    learner fitted on features, or a trainable one with epochs to train. Zero-shot runs and the evaluation
+    of a loaded prompt (epochs=0) draw it without writing a file into the data root."""
+    from hydra.utils import get_class
+
+    learner = get_class(str(cfg.method.learner._target_))
+    if getattr(learner, "fits_features", False):
+        return True
+    return bool(getattr(learner, "trainable", True)) and resolve_epochs(cfg.method.optim, cfg.dataset,
+                                                                        int(cfg.shots)) > 0
 
 
 def learner_kwargs(method: DictConfig, train_classnames: list[str], seed: int) -> dict[str, Any]:

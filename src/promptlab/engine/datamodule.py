@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from promptlab.data.image_dataset import ImageDataset
+from promptlab.data.decoded_cache import DecodedImages, build_decoded_images, collate_decoded
+from promptlab.data.image_dataset import ImageDataset, require_decodable
+from promptlab.data.tensor_augment import TensorAugment
 from promptlab.data.transforms import build_transform
 from promptlab.data.types import Datum, EvalSet
 from promptlab.engine.features import cache_key, cached_features, encode_images
@@ -79,10 +82,28 @@ class PromptDataModule(L.LightningDataModule):
         image_std: tuple[float, ...] | None = None,
         val_items: list[Datum] | None = None,
         normalize_features: bool = True,
+        augment_backend: str = "tensor",
+        decoded_cache_disk: bool = False,
+        images_through_learner: bool = False,
     ) -> None:
         """`val_items`: the few-shot validation split (for learners that choose hyper-parameters on it);
-        `normalize_features=False`: every cached feature un-normalised (a learner that asks for it)."""
+        `normalize_features=False`: every cached feature un-normalised (a learner that asks for it);
+        `augment_backend`: "tensor" (images decoded once, augmented per batch on the device,
+        data/tensor_augment.py) or "pil" (the reference's per-image PIL pipeline, exactly);
+        `decoded_cache_disk`: keep the decoded training images under cache_dir too;
+        `images_through_learner`: the learner encodes images itself (image-tower prompts): training and test
+        batches carry images, never frozen features, and each test image is read and encoded once per evaluation."""
         super().__init__()
+        self.images_through_learner = images_through_learner
+        if images_through_learner and train_cache == "on":
+            raise ConfigError(
+                "method.loader.train_cache=on: this method learns tokens inside the image tower, so image features "
+                "change with every step and cannot be cached. Use train_cache=auto or off."
+            )
+        if augment_backend not in ("tensor", "pil"):
+            raise ConfigError(f"augment_backend={augment_backend!r}; expected tensor or pil.")
+        self.augment_backend, self.decoded_cache_disk = augment_backend, decoded_cache_disk
+        self.tensor_augment: TensorAugment | None = None
         if train_cache not in ("auto", "on", "off"):
             raise ConfigError(f"train_cache={train_cache!r}; expected auto, on or off.")
         if train_cache == "on" and augment != "none" and train_views < 1:
@@ -111,12 +132,17 @@ class PromptDataModule(L.LightningDataModule):
         self.test_transform = build_transform(size, train=False, **spec)
         self.active_eval: EvalSet | None = None
         self._train_dataset: Dataset | None = None
+        # The training order's generator, kept so an in-run checkpoint can save and restore it (state_dict).
+        self._train_generator: torch.Generator | None = None
+        self._restored_generator_state: torch.Tensor | None = None
         self._eval_features: dict[str, torch.Tensor] = {}
         self.train_skipped: list[dict] = []
 
     # ----------------------------------------------------------------- helpers
     @property
     def uses_train_features(self) -> bool:
+        if self.images_through_learner:
+            return False
         if self.train_cache == "off":
             return False
         if self.augment == "none":
@@ -150,17 +176,21 @@ class PromptDataModule(L.LightningDataModule):
     def _build_train_dataset(self) -> Dataset:
         if not self.train_items:
             raise ValueError("No training images: the few-shot split is empty.")
+        if not self.uses_train_features and self.augment_backend == "tensor" and self.augment != "none":
+            return self._build_decoded_dataset()
         if not self.uses_train_features:
-            dataset = ImageDataset(self.train_items, self.train_transform, on_error=self.on_error)
+            dataset = ImageDataset(self.train_items, self.train_transform, on_error=self.on_error,
+                                   check_cache_dir=self.cache_dir)
             self.train_skipped = dataset.skipped
             return dataset
-        dataset = ImageDataset(self.train_items, self.train_transform, on_error=self.on_error)
+        dataset = ImageDataset(self.train_items, self.train_transform, on_error=self.on_error,
+                               check_cache_dir=self.cache_dir)
         self.train_skipped = dataset.skipped
         labels = torch.tensor([item.label for item in dataset.items])
         if self.augment == "none":
             key = self._key(dataset.items, self.train_transform)
             feats = cached_features(self.cache_dir, key, lambda: self._encode(dataset, "train images"),
-                                    "few-shot train")
+                                    "few-shot train", rows=len(dataset.items))
             return FeatureDataset(feats, labels)
         # K fixed augmented views, drawn with the run's seed (a documented approximation of online augmentation).
         views = []
@@ -169,6 +199,28 @@ class PromptDataModule(L.LightningDataModule):
             for k in range(self.train_views):
                 views.append(self._encode(dataset, f"train view {k + 1}/{self.train_views}"))
         return FeatureDataset(torch.stack(views), labels)
+
+    def _build_decoded_dataset(self) -> DecodedImages:
+        """Training images decoded once (data/decoded_cache.py); crop/flip/normalise run per batch on the
+        device (on_after_batch_transfer), with a generator seeded by the run's seed and the rank."""
+        pre = self.clip.preprocess_cfg
+        dataset, self.train_skipped = build_decoded_images(
+            self.train_items, self.clip.image_size, augment=self.augment, interpolation=pre["interpolation"],
+            on_error=self.on_error, cache_dir=self.cache_dir if self.decoded_cache_disk else None,
+            test_transform=self.test_transform, num_workers=self.num_workers)
+        rank, _ = self._rank_world()
+        norm = self.train_transform.transforms[-1]  # the PIL pipeline's Normalize: the same mean and std
+        self.tensor_augment = TensorAugment(
+            self.clip.image_size, mode=self.augment, mean=norm.mean, std=norm.std, interpolation=pre["interpolation"],
+            generator=torch.Generator().manual_seed(self.seed * 1009 + rank))
+        return dataset
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Decoded training images arrive as a list of uint8 tensors on the device: augment them as a batch.
+        if isinstance(batch, dict) and "image_u8" in batch and self.tensor_augment is not None:
+            batch = {k: v for k, v in batch.items() if k != "image_u8"} | {
+                "image": self.tensor_augment(batch["image_u8"])}
+        return batch
 
     def fit_features(self) -> FitFeatures:
         """Frozen features of the few-shot train and val splits (a closed-form fit's whole input).
@@ -189,15 +241,22 @@ class PromptDataModule(L.LightningDataModule):
     def _split_features(self, items: list[Datum], label: str) -> tuple[torch.Tensor, torch.Tensor]:
         if not items:
             return torch.empty(0, self.clip.embed_dim), torch.empty(0, dtype=torch.long)
-        dataset = ImageDataset(items, self.test_transform, on_error=self.on_error)
+        dataset = ImageDataset(items, self.test_transform, on_error=self.on_error,
+                               check_cache_dir=self.cache_dir)
         labels = torch.tensor([item.label for item in dataset.items])
         key = self._key(dataset.items, self.test_transform)
-        return cached_features(self.cache_dir, key, lambda: self._encode(dataset, label), label), labels
+        with torch.random.fork_rng(devices=[]):  # deterministic transform: cached or not, the same random stream
+            return cached_features(self.cache_dir, key, lambda: self._encode(dataset, label), label,
+                                   rows=len(dataset.items)), labels
 
     def train_dataloader(self) -> DataLoader:
         assert self._train_dataset is not None, "setup('fit') must run first"
         rank, world = self._rank_world()
         generator = torch.Generator().manual_seed(self.seed)
+        if self._restored_generator_state is not None:  # resuming: continue the order where the checkpoint was
+            generator.set_state(self._restored_generator_state)
+            self._restored_generator_state = None
+        self._train_generator = generator
         sampler = None
         if world > 1:
             sampler = DistributedSampler(self._train_dataset, num_replicas=world, rank=rank, shuffle=True,
@@ -206,31 +265,90 @@ class PromptDataModule(L.LightningDataModule):
         # batch once a set holds a full batch, and an unconditional drop_last would leave a set smaller than
         # a batch with no steps at all (docs/reference.md, "Pitfalls").
         features = isinstance(self._train_dataset, FeatureDataset)
+        if isinstance(self._train_dataset, DecodedImages):  # in memory already: no workers, list batches
+            return DataLoader(self._train_dataset, batch_size=self.batch_size, shuffle=sampler is None,
+                              sampler=sampler, generator=generator, drop_last=False, collate_fn=collate_decoded)
         return DataLoader(self._train_dataset, batch_size=self.batch_size, shuffle=sampler is None,
                           sampler=sampler, generator=generator, drop_last=False,
                           num_workers=0 if features else self.num_workers,
                           pin_memory=self.pin_memory and not features,
                           persistent_workers=(not features) and self.num_workers > 0)
 
+    def state_dict(self) -> dict[str, Any]:
+        # In-run checkpoints (engine/checkpointing.py): the order and the crops of the next epochs depend on
+        # these generators.
+        state: dict[str, Any] = {}
+        if self._train_generator is not None:
+            state["train_generator"] = self._train_generator.get_state()
+        augment_generator = getattr(self.tensor_augment, "generator", None)
+        if augment_generator is not None:
+            state["augment_generator"] = augment_generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the data module after setup(): the batch augmentation exists already, while the
+        # training loader (and its generator) is made afterwards.
+        self._restored_generator_state = state_dict.get("train_generator")
+        augment_generator = getattr(self.tensor_augment, "generator", None)
+        if augment_generator is not None and "augment_generator" in state_dict:
+            augment_generator.set_state(state_dict["augment_generator"])
+
     # ----------------------------------------------------------------- evaluation
     def eval_features(self, eval_set: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
         """Test features and labels of an evaluation set (cached on disk across the jobs of a sweep)."""
-        dataset = ImageDataset(eval_set.items, self.test_transform, on_error=self.on_error)
+        dataset = ImageDataset(eval_set.items, self.test_transform, on_error=self.on_error,
+                               check_cache_dir=self.cache_dir)
         eval_set.skipped = dataset.skipped
         labels = torch.tensor([item.label for item in dataset.items])
         key = self._key(dataset.items, self.test_transform)
         if key not in self._eval_features:
             cache_dir = self.cache_dir if self.eval_cache else None
-            self._eval_features[key] = cached_features(
-                cache_dir, key, lambda: self._encode(dataset, f"test images ({eval_set.name})"),
-                f"{eval_set.dataset}/{eval_set.subset}")
+            # Encoding iterates a DataLoader, which draws a seed from the global RNG. Test features may be
+            # computed before training (check_eval_images) or loaded from the cache: forked, so the training
+            # run's random stream is the same either way (results must not depend on the cache's state).
+            with torch.random.fork_rng(devices=[]):
+                self._eval_features[key] = cached_features(
+                    cache_dir, key, lambda: self._encode(dataset, f"test images ({eval_set.name})"),
+                    f"{eval_set.dataset}/{eval_set.subset}", rows=len(dataset.items))
         return self._eval_features[key], labels
+
+    def check_eval_images(self, eval_set: EvalSet) -> None:
+        """Decode every image of `eval_set` now (before training), so a bad one stops the run before the training
+        it would waste. With cached features that is their extraction, which the evaluation then reuses."""
+        if not self.images_through_learner:
+            self.eval_features(eval_set)
+        elif self.on_error == "skip":
+            eval_set.skipped = ImageDataset(eval_set.items, self.test_transform, on_error="skip",
+                                            check_cache_dir=self.cache_dir).skipped
+        else:
+            require_decodable(eval_set.items, self.cache_dir)
+
+    def val_dataloader(self) -> DataLoader:
+        """The few-shot val split of the training classes (test transform), one disjoint shard per rank. The
+        loader has a generator of its own: validating must not draw from the training run's random stream."""
+        rank, world = self._rank_world()
+        if self.images_through_learner:
+            dataset: Dataset = ImageDataset(self.val_items, self.test_transform, on_error=self.on_error,
+                                            check_cache_dir=self.cache_dir)
+            workers = self.num_workers
+        else:
+            feats, labels = self._split_features(self.val_items, "few-shot val")
+            dataset, workers = FeatureDataset(feats, labels), 0
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ShardSampler(len(dataset), rank, world),
+                          num_workers=workers, generator=torch.Generator())
 
     def test_dataloader(self) -> DataLoader:
         if self.active_eval is None:
             raise RuntimeError("set datamodule.active_eval before trainer.test")
+        rank, world = self._rank_world()
+        if self.images_through_learner:
+            # Prompted image features depend on the learned tokens: the images themselves, one shard per rank.
+            images = ImageDataset(self.active_eval.items, self.test_transform, on_error=self.on_error,
+                                  check_cache_dir=self.cache_dir)
+            self.active_eval.skipped = images.skipped
+            return DataLoader(images, batch_size=self.eval_batch_size, sampler=ShardSampler(len(images), rank, world),
+                              num_workers=self.num_workers, pin_memory=self.pin_memory)
         feats, labels = self.eval_features(self.active_eval)
         dataset = FeatureDataset(feats, labels)
-        rank, world = self._rank_world()
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ShardSampler(len(dataset), rank, world),
                           num_workers=0)

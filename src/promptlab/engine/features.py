@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -94,19 +93,46 @@ def save_atomic(obj: object, path: Path) -> None:
     atomic_torch_save(obj, path)
 
 
-def cached_features(cache_dir: Path | None, key: str, compute: Callable[[], torch.Tensor], label: str) -> torch.Tensor:
-    """Load features stored under `key`, or compute and store them (atomically)."""
+def cached_features(
+    cache_dir: Path | None, key: str, compute: Callable[[], torch.Tensor], label: str, rows: int | None = None
+) -> torch.Tensor:
+    """Load features stored under `key`, or compute and store them (atomically).
+
+    A stored file is used only if it loads and holds what was stored: a float tensor of `rows` rows
+    (when given), finite. Anything else (a file truncated by a full disk or a killed copy, another
+    format) is named in a warning and recomputed, and the new features replace it. The cache is
+    optional: a failed write (full disk, read-only folder) is a warning, the run goes on.
+    """
     if cache_dir is None:
         return compute()
     path = Path(cache_dir) / "features" / f"{key}.pt"
     if path.is_file():
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
+        stored, problem = _load_features(path, rows)
+        if stored is not None:
             log.info("image features of %s loaded from cache %s", label, path)
-            return stored["features"]
-        except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as err:
-            # a corrupt cache file is recomputed, not fatal
-            log.warning("ignoring unreadable feature cache %s (%s)", path, err)
+            return stored
+        log.warning("feature cache file %s is unusable (%s): recomputing the features of %s and replacing it",
+                    path, problem, label)
     features = compute()
-    save_atomic({"features": features, "label": label}, path)
+    try:
+        save_atomic({"features": features, "label": label}, path)
+    except OSError as err:  # e.g. ENOSPC: the features are in memory, only later jobs lose the shortcut
+        log.warning("could not write the feature cache %s (%s); the run goes on, later runs recompute these "
+                    "features", path, err)
     return features
+
+
+def _load_features(path: Path, rows: int | None) -> tuple[torch.Tensor | None, str]:
+    """(the stored features, "") or (None, what is wrong with the file)."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated files raise OSError, RuntimeError, EOFError, ...
+        return None, f"cannot be loaded: {type(err).__name__}: {err}".split("\n")[0][:300]
+    features = stored.get("features") if isinstance(stored, dict) else None
+    if not isinstance(features, torch.Tensor) or not features.is_floating_point() or features.dim() not in (2, 3):
+        return None, "it does not hold a float feature tensor"
+    if rows is not None and features.shape[-2] != rows:
+        return None, f"it holds {features.shape[-2]} rows for {rows} images"
+    if not bool(torch.isfinite(features).all()):
+        return None, "it holds non-finite values"
+    return features, ""

@@ -54,6 +54,34 @@ class CountMetric(Metric):
         return int(self.correct), int(self.total)
 
 
+class ClassCounts(Metric):
+    """Per-class correct/total counts and top-5 hits, summed across DDP ranks: mean-per-class accuracy (the
+    metric some datasets are reported with) and top-5 accuracy beside the micro top-1 of CountMetric."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, k: int = 5) -> None:
+        super().__init__()
+        self.num_classes, self.k = num_classes, k
+        self.add_state("correct", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("topk", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        hit = logits.argmax(dim=-1) == labels
+        self.correct += torch.bincount(labels[hit], minlength=self.num_classes)
+        self.total += torch.bincount(labels, minlength=self.num_classes)
+        top = logits.topk(min(self.k, logits.shape[-1]), dim=-1).indices
+        self.topk += (top == labels[:, None]).any(dim=-1).sum().long()
+
+    def compute(self) -> dict[str, Any]:
+        seen = self.total > 0
+        per_class = self.correct[seen].double() / self.total[seen].double()
+        return {"n_correct_top5": int(self.topk),
+                "top5_acc": accuracy_percent(int(self.topk), int(self.total.sum())),
+                "mean_per_class_acc": float(per_class.mean() * 100.0) if bool(seen.any()) else 0.0}
+
+
 def warmup_cosine_factor(epoch: int, max_epochs: int, warmup_epochs: int, warmup_lr: float, base_lr: float) -> float:
     """Learning-rate multiplier of epoch `epoch` (0-based), as Dassl's ConstantWarmupScheduler + cosine.
 
@@ -94,9 +122,19 @@ class PromptLearningModule(L.LightningModule):
         self._eval_text: torch.Tensor | None = None
         self.eval_counts = CountMetric()
         self.last_eval: dict[str, Any] = {}
+        self.last_val: dict[str, Any] = {}
+        self.val_history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- forward
+    @property
+    def encodes_images(self) -> bool:
+        """The learner has image-tower tokens (VPT, IVLP, MaPLe, PromptSRC): images go through it, never through
+        the frozen-feature cache, and gradients reach its image prompts through the frozen tower."""
+        return bool(getattr(self.learner, "encodes_images", False))
+
     def image_features(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.encodes_images:
+            return self.learner.encode_images(self.clip, batch["image"])
         if "feature" in batch:
             return batch["feature"].float()
         return self.clip.encode_image(batch["image"], normalize=self.learner.normalized_features)
@@ -127,6 +165,16 @@ class PromptLearningModule(L.LightningModule):
         if extra is not None:
             loss = loss + extra
             self.log("train/reg", extra.detach(), on_step=False, on_epoch=True)
+        loss_terms = getattr(self.learner, "loss_terms", None)
+        if loss_terms is not None and text is not None:  # PromptSRC's self-regulating terms (methods/promptsrc.py)
+            for key, term in loss_terms(self.clip, batch.get("image"), feats, text.float(), logits).items():
+                loss = loss + term
+                self.log(f"train/{key}", term.detach(), on_step=False, on_epoch=True, batch_size=labels.shape[0])
+        surgery = getattr(self.learner, "gradient_surgery", None)
+        if surgery is not None:  # ProGrad: a surrogate whose gradient is the projected one (methods/prograd.py)
+            loss, surgery_logs = surgery(self.clip, feats, logits, labels, loss)
+            for key, value in surgery_logs.items():
+                self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=labels.shape[0])
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"run '{self.run_name}': non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
@@ -138,6 +186,11 @@ class PromptLearningModule(L.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Callbacks a learner needs for its training (PromptSRC's Gaussian prompt aggregation); fresh per fit.
+        make = getattr(self.learner, "callbacks", None)
+        return list(make()) if make is not None else []
 
     def configure_optimizers(self):
         params = [p for p in self.learner.parameters() if p.requires_grad]
@@ -157,6 +210,7 @@ class PromptLearningModule(L.LightningModule):
     # ----------------------------------------------------------------- evaluation
     def on_test_epoch_start(self) -> None:
         self.eval_counts = CountMetric().to(self.device)
+        self.class_counts = ClassCounts(len(self.learner.classnames)).to(self.device)
         self._eval_text = None
         if not self.learner.instance_conditional and not self.learner.direct_logits:
             with torch.no_grad():  # static prompts: one text pass for the whole test set
@@ -169,15 +223,43 @@ class PromptLearningModule(L.LightningModule):
         else:
             logits = self(feats)
         self.eval_counts.update(logits.argmax(dim=-1), batch["label"])
+        self.class_counts.update(logits, batch["label"])
 
     def on_test_epoch_end(self) -> None:
         # compute() syncs the integer counts across DDP ranks (summed, each image counted once); the
         # accuracy is derived from them, so 2 of 5 is exactly 40.0.
         n_correct, n_images = self.eval_counts.compute()
         acc = accuracy_percent(n_correct, n_images)
-        self.last_eval = {"acc": acc, "n_images": n_images, "n_correct": n_correct}
+        self.last_eval = {"acc": acc, "n_images": n_images, "n_correct": n_correct, **self.class_counts.compute()}
         self.log("test/acc", acc, sync_dist=False)
         self._eval_text = None
+
+    # ----------------------------------------------------------------- validation (few-shot val split)
+    # The val split's images of the training classes, scored as the test sets are; never test data. During fit
+    # it runs every validation.every_n_epochs epochs (Lightning's check_val_every_n_epoch), and train.py runs it
+    # once more after training when the last epoch was not validated.
+    def on_validation_epoch_start(self) -> None:
+        self.on_test_epoch_start()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        n_correct, n_images = self.eval_counts.compute()
+        acc = accuracy_percent(n_correct, n_images)
+        fitting = self.trainer.state.fn == "fit"
+        epoch = self.current_epoch + 1 if fitting else None
+        self.last_val = {"acc": acc, "n_images": n_images, "n_correct": n_correct, "epoch": epoch}
+        if fitting:
+            self.val_history.append({"epoch": epoch, "acc": acc})
+        self.log("val/acc", acc, sync_dist=False)
+        self._eval_text = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["val_history"] = list(self.val_history)  # a resumed run keeps the epochs validated before
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_history = list(checkpoint.get("val_history", []))
 
     # ----------------------------------------------------------------- epoch selection
     @torch.no_grad()
@@ -215,10 +297,25 @@ class EpochSelector(L.Callback):
         if self.features is None or self.labels is None:
             raise RuntimeError("EpochSelector: no held-out features were given before training.")
         correct, total = pl_module.accuracy_on(self.features, self.labels)
-        self.history.append(accuracy_percent(correct, total))
+        self.consider(correct, accuracy_percent(correct, total), trainer.current_epoch, pl_module)
+
+    def consider(self, correct: int, acc: float, epoch: int, pl_module: PromptLearningModule) -> None:
+        """Record epoch `epoch` (0-based) and keep the learner's state if it is the first strict best."""
+        self.history.append(acc)
         if self.best is None or correct > self.best[0]:
-            self.best = (correct, trainer.current_epoch)
+            self.best = (correct, epoch)
             self._state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.learner.state_dict().items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        # In-run checkpoints: a resumed run must still know the best epoch seen before the interruption.
+        return {"best": list(self.best) if self.best is not None else None, "history": list(self.history),
+                "state": self._state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        best = state_dict.get("best")
+        self.best = (int(best[0]), int(best[1])) if best is not None else None
+        self.history = list(state_dict.get("history", []))
+        self._state = state_dict.get("state")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:
         if self._state is not None:
@@ -229,3 +326,18 @@ class EpochSelector(L.Callback):
         if self.best is None:
             return {}
         return {"selected_epoch": self.best[1] + 1, "selected_on": self.split}
+
+
+class ValidationSelector(EpochSelector):
+    """validation.selection=best_val: the validated epoch with the best accuracy on the few-shot val split (first
+    strict maximum) is kept and restored when training ends. It reads the module's validation loop, so it works
+    for every learner, image-side prompts included."""
+
+    def __init__(self) -> None:
+        super().__init__(split="val")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:
+        # Lightning validates before the train-epoch-end hooks: last_val is this epoch's when it was validated.
+        val = pl_module.last_val
+        if val.get("epoch") == trainer.current_epoch + 1:
+            self.consider(int(val["n_correct"]), float(val["acc"]), trainer.current_epoch, pl_module)

@@ -6,10 +6,11 @@ from promptlab.methods.cocoop import CoCoOpPrompts
 from promptlab.methods.coop import CoOpPrompts
 from promptlab.methods.kgcoop import KgCoOpPrompts
 from promptlab.methods.linear_probe import LinearProbe
+from promptlab.methods.prograd import ProGradPrompts
 from promptlab.methods.tip_adapter import TipAdapter, TipAdapterF
 from promptlab.methods.zeroshot import ZeroShotPrompts
 
 __all__ = [
-    "CoCoOpPrompts", "CoOpPrompts", "FitFeatures", "KgCoOpPrompts", "LinearProbe", "PromptLearner", "TipAdapter",
-    "TipAdapterF", "ZeroShotPrompts", "logits_from_features",
+    "CoCoOpPrompts", "CoOpPrompts", "FitFeatures", "KgCoOpPrompts", "LinearProbe", "ProGradPrompts", "PromptLearner",
+    "TipAdapter", "TipAdapterF", "ZeroShotPrompts", "logits_from_features",
 ]

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from promptlab.errors import ConfigError
 
@@ -124,6 +125,19 @@ class VisionTower:
     blocks: nn.ModuleList | nn.Sequential | None  # the transformer blocks, or None
     reason: str  # why `blocks` is None ("" when exposed)
     input_dtype: torch.dtype
+    module: nn.Module | None = None  # the tower itself (open_clip's VisionTransformer when prompts can enter it)
+    prompt_reason: str = "not inspected"  # why learned image tokens cannot be inserted ("" when they can)
+
+    @property
+    def width(self) -> int:
+        """Width of the token sequence between blocks (the size of one vision prompt)."""
+        if self.module is None or self.prompt_reason:
+            raise UnsupportedBackboneError(f"no vision prompts on this image tower: {self.prompt_reason}.")
+        return int(self.module.class_embedding.shape[-1])
+
+    @property
+    def layers(self) -> int:
+        return len(self.blocks) if self.blocks is not None else 0
 
 
 @dataclass
@@ -173,25 +187,37 @@ class ClipAdapter:
         return end + self.start_slot
 
     # ------------------------------------------------------------ text encoding
-    def encode_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor, truncate: bool) -> torch.Tensor:
+    def encode_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor, truncate: bool,
+                          deep: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """open_clip's text path on token embeddings in `tokenize`'s layout: projected, unnormalised [N, D].
 
         `truncate` runs only the first max(eot_index)+1 positions; callers pass it only where exact
-        (`speedups["truncate_text"]`).
+        (`speedups["truncate_text"]`). `deep`: deep text prompts for the slots right after the start slot.
         """
         embeddings = embeddings[:, self.start_slot :]
-        return encode_text_tower(self.text, embeddings, eot_index - self.start_slot, truncate, self.name)
+        return encode_text_tower(self.text, embeddings, eot_index - self.start_slot, truncate, self.name,
+                                 deep=deep, prompt_start=self.prompt_start)
+
+    @property
+    def prompt_start(self) -> int:
+        """Tower position of the first context slot (after the start token; 0 with a virtual start slot)."""
+        return 1 - self.start_slot
 
     def encode_tokens(self, tokens: torch.Tensor, truncate: bool) -> torch.Tensor:
         return self.encode_embeddings(self.embed_tokens(tokens), self.eot_index(tokens), truncate)
 
 
 def encode_text_tower(
-    text: TextTower, embeddings: torch.Tensor, index: torch.Tensor, truncate: bool, name: str = "model"
+    text: TextTower, embeddings: torch.Tensor, index: torch.Tensor, truncate: bool, name: str = "model",
+    deep: Sequence[torch.Tensor] = (), prompt_start: int = 1,
 ) -> torch.Tensor:
     """The text tower's forward from token embeddings [N, T, W] (the tokenizer's own layout), pooled at `index`
     for END_POOLS; projected, unnormalised [N, D]. Same operations, in the same order, as open_clip's
-    `CLIP.encode_text` / `TextTransformer.forward`."""
+    `CLIP.encode_text` / `TextTransformer.forward`.
+
+    `deep`: deep text prompts, one [n, W] tensor per block 1..len(deep): before block i runs, positions
+    prompt_start .. prompt_start+n-1 of the residual stream are replaced by deep[i-1] (MaPLe / IVLP; see
+    `run_prompted_blocks`). The block-0 prompts are part of `embeddings` (they get the positional embedding)."""
     length = embeddings.shape[1]
     if truncate:
         length = min(length, int(index.max()) + 1)
@@ -202,7 +228,12 @@ def encode_text_tower(
     cast = text.cast_dtype()
     x = embeddings[:, :length].to(cast) + text.positional_embedding[:length].to(cast)
     mask = text.attn_mask
-    x = text.transformer(x, attn_mask=mask[:length, :length] if mask is not None else None)
+    mask = mask[:length, :length] if mask is not None else None
+    if deep:
+        x = run_prompted_blocks(text.transformer.resblocks, x, deep, lambda h, p: splice_text(h, p, prompt_start),
+                                attn_mask=mask)
+    else:
+        x = text.transformer(x, attn_mask=mask)
     x = text.ln_final(x)
     if text.pool in END_POOLS:
         pooled = x[torch.arange(x.shape[0], device=x.device), index]
@@ -211,6 +242,93 @@ def encode_text_tower(
     else:
         pooled = x[:, 0]
     return text.project(pooled)
+
+
+# --------------------------------------------------------------------------- deep prompts (VPT, IVLP, MaPLe)
+# Layout of the multimodal-prompt-learning reference (muzairkhattak/multimodal-prompt-learning, clip/model.py:
+# ResidualAttentionBlock_IVLP / _MaPLe, VisionTransformer(_MaPLe).forward), read at commit 69bce21:
+# - depth J: block 0 sees the input-level prompts; before each block i = 1..J-1 runs, the prompt slots of the
+#   residual stream are *replaced* by fresh tokens; blocks J.. carry whatever the previous block wrote there;
+# - text: the slots are positions 1..n (right after SOS), the sequence length does not change;
+# - vision: the input prompts are appended after [CLS, patches] + positional embedding and before ln_pre; the
+#   slots are the last n tokens; deep prompts get no positional embedding, no ln_pre;
+# - pooling is unchanged (CLS token, EOT token), so the prompt tokens' outputs are discarded.
+def splice_text(x: torch.Tensor, prompts: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """x [N, L, W] with positions start..start+n-1 replaced by `prompts` [n, W] (the same for every sequence)."""
+    n = prompts.shape[-2]
+    fresh = prompts.to(x.dtype).expand(x.shape[0], -1, -1)
+    return torch.cat([x[:, :start], fresh, x[:, start + n :]], dim=1)
+
+
+def splice_vision(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    """x [B, L, W] with its last n tokens replaced by `prompts` [n, W]."""
+    n = prompts.shape[-2]
+    return torch.cat([x[:, : x.shape[1] - n], prompts.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+
+
+def run_prompted_blocks(
+    blocks: Sequence[nn.Module], x: torch.Tensor, deep: Sequence[torch.Tensor],
+    splice: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], attn_mask: torch.Tensor | None = None,
+    checkpoint_blocks: bool = False,
+) -> torch.Tensor:
+    """Run batch-first open_clip blocks; before block i (1 <= i <= len(deep)) `splice(x, deep[i-1])` replaces the
+    prompt slots. `checkpoint_blocks` recomputes each block's activations in backward (memory for compute)."""
+    if len(deep) >= len(blocks):
+        raise ConfigError(f"{len(deep) + 1} prompt depths asked for a tower of {len(blocks)} blocks: the depth counts "
+                          f"the blocks that get fresh prompts, at most {len(blocks)}.")
+    for i, block in enumerate(blocks):
+        if 1 <= i <= len(deep):
+            x = splice(x, deep[i - 1])
+        if checkpoint_blocks and torch.is_grad_enabled():
+            x = checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
+        else:
+            x = block(x, attn_mask=attn_mask)
+    return x
+
+
+def vision_prompt_reason(visual: nn.Module) -> str:
+    """Why learned tokens cannot be appended to this open_clip VisionTransformer ("" when they can).
+
+    The prompts must not change what is pooled: only class-token pooling, without an attentional pooler, reads
+    exactly the reference's `ln_post(x[:, 0]) @ proj`."""
+    if getattr(visual, "attn_pool", None) is not None:
+        return "its image tower pools with an attentional pooler, which would attend to the prompt tokens"
+    if getattr(visual, "pool_type", "tok") != "tok":
+        return f"its image tower pools with {visual.pool_type!r} (prompt tokens would enter the pooled feature)"
+    if not getattr(visual.transformer, "batch_first", False):
+        return "its image transformer is sequence-first (open_clip < 2.26)"
+    return ""
+
+
+def encode_image_tower(
+    vision: VisionTower, images: torch.Tensor, prompts: torch.Tensor | None = None,
+    deep: Sequence[torch.Tensor] = (), checkpoint_blocks: bool = False,
+) -> torch.Tensor:
+    """open_clip's VisionTransformer forward with learned tokens: projected, unnormalised features [B, D].
+
+    prompts: [n, W] appended after [CLS, patches] + positional embedding, before ln_pre (block 0's prompts);
+    deep: one [n, W] tensor per block 1..len(deep), replacing the last n tokens before that block. Without
+    prompts it computes exactly `visual(images)`. The frozen weights get no gradient; the prompts do.
+    """
+    visual = vision.module
+    if vision.prompt_reason or visual is None:
+        raise UnsupportedBackboneError(
+            f"learned image tokens need open_clip's ViT image tower: {vision.prompt_reason}; use a ViT backbone "
+            "(model=vit_b16) for methods with vision prompts.")
+    if deep and prompts is None:
+        raise ValueError("deep vision prompts need the input-level prompts that open the slots (prompts=None).")
+    x = visual.conv1(images.to(vision.input_dtype))
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [B, grid**2, W]
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = visual.patch_dropout(x)
+    if prompts is not None:
+        x = torch.cat([x, prompts.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+    x = visual.ln_pre(x)
+    x = run_prompted_blocks(visual.transformer.resblocks, x, deep, splice_vision,
+                            checkpoint_blocks=checkpoint_blocks)
+    pooled, _ = visual._pool(x)  # class token (vision_prompt_reason refuses other pooling)
+    return pooled @ visual.proj if visual.proj is not None else pooled
 
 
 # --------------------------------------------------------------------------- inspection
@@ -285,13 +403,17 @@ def vision_tower(model: nn.Module) -> VisionTower:
     conv = next((m for m in visual.modules() if isinstance(m, nn.Conv2d)), None)
     input_dtype = conv.weight.dtype if conv is not None else next(visual.parameters()).dtype
     if isinstance(visual, VisionTransformer):
-        return VisionTower("open_clip ViT", visual.transformer.resblocks, "", input_dtype)
+        return VisionTower("open_clip ViT", visual.transformer.resblocks, "", input_dtype, visual,
+                           vision_prompt_reason(visual))
     trunk = getattr(visual, "trunk", None)
     if trunk is not None:  # open_clip's TimmModel
         blocks, reason = timm_trunk_blocks(trunk)
-        return VisionTower(f"timm {type(trunk).__name__}", blocks, reason, input_dtype)
+        kind = f"timm {type(trunk).__name__}"
+        return VisionTower(kind, blocks, reason, input_dtype, visual,
+                           f"{kind}: learned image tokens are inserted into open_clip's own VisionTransformer only")
     kind = f"open_clip {type(visual).__name__}"
-    return VisionTower(kind, None, f"{kind} is convolutional (no token sequence between blocks)", input_dtype)
+    reason = f"{kind} is convolutional (no token sequence between blocks)"
+    return VisionTower(kind, None, reason, input_dtype, visual, reason)
 
 
 def timm_trunk_blocks(trunk: nn.Module) -> tuple[nn.Module | None, str]:

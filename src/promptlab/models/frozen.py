@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptlab.errors import ConfigError
-from promptlab.models.adapter import ClipAdapter, describe, encode_text_tower, preprocess_config, text_tower
+from promptlab.models.adapter import (
+    ClipAdapter,
+    describe,
+    encode_image_tower,
+    encode_text_tower,
+    preprocess_config,
+    text_tower,
+)
 from promptlab.models.shared_prefix import encode_shared_prefix
 
 log = logging.getLogger(__name__)
@@ -163,8 +170,45 @@ class FrozenCLIP(nn.Module):
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Image embeddings, float32, shape [B, embed_dim]; L2-normalised unless `normalize=False` (the
         linear-probe reference fits un-normalised features)."""
-        features = self.model.encode_image(images.to(self._visual_dtype())).float()
+        encode = getattr(self, "_compiled_encode_image", None) or self.model.encode_image
+        features = encode(images.to(self._visual_dtype())).float()
         return F.normalize(features, dim=-1) if normalize else features
+
+    def compile_image_tower(self, **options: Any) -> None:
+        """`torch.compile` the frozen image tower's forward used by `encode_image` (model.compile_image): the
+        same numbers up to kernel fusion, faster once compiled; the first batches of each shape pay the
+        compilation. Kept outside the module's parameters and state (a compiled function, not a submodule)."""
+        self._compiled_encode_image = torch.compile(self.model.encode_image, **options)
+
+    def encode_image_prompted(
+        self, images: torch.Tensor, prompts: torch.Tensor | None = None, deep: Sequence[torch.Tensor] = (),
+        normalize: bool = True, checkpoint_blocks: bool = False,
+    ) -> torch.Tensor:
+        """Image embeddings [B, embed_dim] (float32) with learned tokens in the image tower (VPT, IVLP, MaPLe):
+        `prompts` [n, W] appended before ln_pre, `deep` replacing them before blocks 1..len(deep)
+        (adapter.encode_image_tower). Gradients flow through the frozen tower to the prompts."""
+        features = encode_image_tower(self.adapter.vision, images, prompts, deep, checkpoint_blocks).float()
+        return F.normalize(features, dim=-1) if normalize else features
+
+    @property
+    def vision_width(self) -> int:
+        """Width of the image tower's token sequence (the size of one vision prompt; 768 for ViT-B/16)."""
+        return self.adapter.vision.width
+
+    @property
+    def vision_layers(self) -> int:
+        return self.adapter.vision.layers
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.adapter.text.transformer.resblocks)
+
+    def check_vision_prompts(self, method: str) -> None:
+        """Refuse a backbone whose image tower cannot take learned tokens, naming the model and the reason."""
+        reason = self.adapter.vision.prompt_reason
+        if reason:
+            raise ConfigError(f"method {method} inserts learned tokens into the image tower, but {self.name}: "
+                              f"{reason}. Use a ViT backbone (model=vit_b16, model=toyclip).")
 
     def _visual_dtype(self) -> torch.dtype:
         # The first convolution's dtype (as the reference's `image.type(self.dtype)`): with fp16 weights the
@@ -187,30 +231,38 @@ class FrozenCLIP(nn.Module):
         the reference); the pooled position for towers that pool at the end token."""
         return self.adapter.eot_index(tokens)
 
-    def encode_token_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    def encode_token_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
+                                deep: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """Run the text transformer on token embeddings and pool at the EOT index.
 
         embeddings: [N, T, ctx_dim] with T <= context_length (prompt learners may already have cut the
-        sequence to the needed length); eot_index: [N]. Returns normalised embeddings [N, embed_dim].
+        sequence to the needed length); eot_index: [N]; deep: deep text prompts [n, ctx_dim] for blocks
+        1..len(deep), replacing the n slots after the start token (MaPLe, IVLP). Returns normalised
+        embeddings [N, embed_dim].
         """
-        feats = self.adapter.encode_embeddings(embeddings, eot_index, truncate=self.truncate_text)
+        feats = self.adapter.encode_embeddings(embeddings, eot_index, truncate=self.truncate_text, deep=deep)
         return F.normalize(feats.float(), dim=-1)
 
-    def encode_prefix_suffix(self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    def encode_prefix_suffix(self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor,
+                             deep: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """Normalised embeddings [G, K, D] of the prompts [prefix_g, suffix_k] (G groups of K prompts).
 
-        prefix: [G, P, W]; suffix: [K, S, W] or [G, K, S, W]; eot_index: [K], in the full prompt.
+        prefix: [G, P, W]; suffix: [K, S, W] or [G, K, S, W]; eot_index: [K], in the full prompt; deep: deep
+        text prompts (see encode_token_embeddings), whose slots must lie inside the prefix.
         """
         groups, p_len = prefix.shape[:2]
         n_cls = suffix.shape[-3]
+        if deep and 1 + deep[0].shape[-2] > p_len:
+            raise ValueError(f"deep text prompts of {deep[0].shape[-2]} tokens do not fit a prefix of {p_len}.")
         if self.share_prefix:
             slot = self.adapter.start_slot  # a virtual start slot is not part of the tower's sequence
-            feats = encode_shared_prefix(self.adapter.text, prefix[:, slot:], suffix, eot_index - p_len)
+            feats = encode_shared_prefix(self.adapter.text, prefix[:, slot:], suffix, eot_index - p_len,
+                                         deep=deep, prompt_start=self.adapter.prompt_start)
             return F.normalize(feats.float(), dim=-1)
         if suffix.dim() == 3:
             suffix = suffix.unsqueeze(0).expand(groups, -1, -1, -1)
         prompts = torch.cat([prefix.unsqueeze(1).expand(-1, n_cls, -1, -1), suffix.to(prefix.dtype)], dim=2)
-        feats = self.encode_token_embeddings(prompts.flatten(0, 1), eot_index.repeat(groups))
+        feats = self.encode_token_embeddings(prompts.flatten(0, 1), eot_index.repeat(groups), deep=deep)
         return feats.view(groups, n_cls, -1)
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 1024) -> torch.Tensor:

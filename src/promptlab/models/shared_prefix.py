@@ -13,11 +13,13 @@ every tower where it would not be exact (no causal mask, pooling not at the end 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 
-from promptlab.models.adapter import TextTower
+from promptlab.models.adapter import TextTower, splice_text
 
 
 def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -39,12 +41,15 @@ def _finish(block: ResidualAttentionBlock, x: torch.Tensor, heads: torch.Tensor)
 
 
 def encode_shared_prefix(
-    text: TextTower, prefix: torch.Tensor, suffix: torch.Tensor, eot_in_suffix: torch.Tensor
+    text: TextTower, prefix: torch.Tensor, suffix: torch.Tensor, eot_in_suffix: torch.Tensor,
+    deep: Sequence[torch.Tensor] = (), prompt_start: int = 1,
 ) -> torch.Tensor:
     """Text features of G x K prompts [prefix_g, suffix_k] without repeating the prefix per prompt.
 
     prefix: [G, P, W] token embeddings shared by the K prompts of group g; suffix: [K, S, W] or
     [G, K, S, W]; eot_in_suffix: [K], EOT positions counted from the start of the suffix.
+    deep: deep text prompts (MaPLe, IVLP) for blocks 1..len(deep); their slots (prompt_start..) lie inside the
+    prefix, so replacing them there before each block is the same as replacing them in every full prompt.
     Returns unnormalised projected features [G, K, D] (what open_clip's encode_text pools and projects).
     """
     groups, p_len, width = prefix.shape
@@ -58,7 +63,11 @@ def encode_shared_prefix(
     # Suffix position i sees the whole prefix and suffix positions <= i (causal, as CLIP's mask).
     visible = torch.ones(s_len, p_len + s_len, dtype=torch.bool, device=prefix.device)
     visible[:, p_len:] = torch.tril(visible[:, p_len:])
-    for block in text.transformer.resblocks:
+    if len(deep) >= len(text.transformer.resblocks):
+        raise ValueError(f"{len(deep)} deep text prompts for {len(text.transformer.resblocks)} blocks.")
+    for i, block in enumerate(text.transformer.resblocks):
+        if 1 <= i <= len(deep):
+            h_pre = splice_text(h_pre, deep[i - 1], prompt_start)
         q_p, k_p, v_p = _qkv(block, h_pre)
         q_s, k_s, v_s = _qkv(block, h_suf)
         attn_pre = F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)

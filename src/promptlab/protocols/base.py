@@ -63,9 +63,16 @@ class Protocol:
         shots: int,
         seed: int,
         fewshot_cache_dir: Path | None = None,
+        *,
+        on_error: str = "raise",
+        save_fewshot: bool = True,
     ) -> ProtocolData:
-        """Read the source dataset (and targets), draw the few-shot split, and list the evaluations."""
-        source, few = read_source(dataset_cfg, data_root, shots, seed, fewshot_cache_dir)
+        """Read the source dataset (and targets), draw the few-shot split, and list the evaluations.
+
+        `on_error`: loader.on_error, what a missing source image does (raise, or skip it); `save_fewshot=False`
+        for runs that do not train: the selection is drawn but no file is written."""
+        source, few = read_source(dataset_cfg, data_root, shots, seed, fewshot_cache_dir, on_error=on_error,
+                                  save_fewshot=save_fewshot)
         return checked(self.split(protocol_cfg, dataset_cfg, data_root, source, few), dataset_cfg)
 
     def split(
@@ -82,6 +89,21 @@ class Protocol:
     def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """The run record's flat `metrics` from its evaluations (accuracies from the integer counts)."""
         return {f"{e['name']}_acc": evaluation_accuracy(e) for e in evaluations}
+
+    #: Prefix of the extra accuracies of a protocol with one evaluation ("" -> top5_acc), else None (per name).
+    single_evaluation_prefix: str | None = None
+
+    def extra_metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Top-5 and mean-per-class accuracy of each scored evaluation, beside the micro top-1 of `metrics`:
+        `<evaluation>_top5_acc` and `<evaluation>_mean_class_acc` (the result tables show them as columns)."""
+        out: dict[str, float] = {}
+        for e in evaluations:
+            if e.get("not_applicable") or "top5_acc" not in e:
+                continue
+            prefix = self.single_evaluation_prefix if self.single_evaluation_prefix is not None else f"{e['name']}_"
+            out[f"{prefix}top5_acc"] = float(e["top5_acc"])
+            out[f"{prefix}mean_class_acc"] = float(e["mean_per_class_acc"])
+        return out
 
     # ----------------------------------------------------------------- tables
     def values(self, record: Mapping[str, Any]) -> dict[str, float]:
@@ -220,7 +242,8 @@ def record_metric(record: Mapping[str, Any], key: str) -> float:
 
 
 def read_source(
-    dataset_cfg: Mapping[str, Any], data_root: Path, shots: int, seed: int, fewshot_cache_dir: Path | None
+    dataset_cfg: Mapping[str, Any], data_root: Path, shots: int, seed: int, fewshot_cache_dir: Path | None,
+    on_error: str = "raise", save_fewshot: bool = True,
 ) -> tuple[DatasetSplits, DatasetSplits]:
     """(the source dataset, its few-shot split)."""
     # Imported here, not at the top: tables import the protocols, and reading a sweep must not load the
@@ -229,8 +252,8 @@ def read_source(
     from promptlab.data.fewshot import fewshot_splits
     from promptlab.data.readers import read_dataset
 
-    source = read_dataset(dataset_cfg, data_root)
-    return source, fewshot_splits(source, shots, seed, fewshot_cache_dir)
+    source = read_dataset(dataset_cfg, data_root, on_missing=on_error)
+    return source, fewshot_splits(source, shots, seed, fewshot_cache_dir, save=save_fewshot)
 
 
 def eval_sets(splits: DatasetSplits, dataset_name: str, subsets: Sequence[str], name: str = "") -> list[EvalSet]:
@@ -253,7 +276,10 @@ def target_eval_sets(protocol_cfg: Mapping[str, Any], data_root: Path) -> list[E
     sets = []
     for target_key, target_cfg in (protocol_cfg.get("targets") or {}).items():
         target_name = target_cfg.get("name", target_key)
-        sets += eval_sets(read_dataset(target_cfg, data_root), target_name, ["all"], name=target_name)
+        # A missing target image is only reported here; the loader then raises (before training) or skips it
+        # as loader.on_error says.
+        sets += eval_sets(read_dataset(target_cfg, data_root, on_missing="skip"), target_name, ["all"],
+                          name=target_name)
     return sets
 
 

@@ -34,6 +34,8 @@ class FewShot(Protocol):
         # protocol.targets is empty in conf/protocol/fewshot.yaml; extra targets are evaluated if given.
         return all_classes_data(protocol_cfg, dataset_cfg, data_root, source, few, source_name="all")
 
+    single_evaluation_prefix = ""  # one evaluation ("all"): top5_acc, mean_class_acc
+
     def metrics(self, evaluations: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         (acc,) = require(accuracies(evaluations), self.name, "all")
         return {"acc": acc}

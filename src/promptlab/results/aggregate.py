@@ -22,6 +22,7 @@ from typing import Any
 
 from promptlab.errors import NoCompleteRecordsError
 from promptlab.io import atomic_write_text
+from promptlab.results.planned import missing_jobs
 from promptlab.results.records import SkippedRun, scan_records
 from promptlab.results.table import ResultTable, build_tables, print_table
 
@@ -47,7 +48,7 @@ PathArg = str | os.PathLike[str]
 
 @dataclass
 class SweepTables:
-    """The tables of some runs, by protocol, and the runs left out (failed, unfinished, unreadable).
+    """The tables of some runs, by protocol, and the runs left out (failed, unfinished, unreadable, missing).
 
     ``sweep["base2novel"]`` is one table, ``for table in sweep`` goes through the tables in the papers'
     protocol order, ``"fewshot" in sweep`` asks whether there is one. `records` are the complete run
@@ -87,20 +88,24 @@ def _as_paths(paths: PathArg | Iterable[PathArg]) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def read_sweep(path: PathArg | Iterable[PathArg], ignore_keys: Iterable[str] = ()) -> SweepTables:
+def read_sweep(path: PathArg | Iterable[PathArg], ignore_keys: Iterable[str] = (),
+               all_metrics: bool = False) -> SweepTables:
     """The tables of the runs under `path`: a sweep dir, a run dir, a parent of them, or several of these.
 
-    Writes nothing. `ignore_keys`: summary keys that must not become columns (per-run bookkeeping).
+    Writes nothing. `ignore_keys`: summary keys that must not become columns (per-run bookkeeping);
+    `all_metrics`: top-5 and mean-per-class accuracy columns too.
     Raises NoCompleteRecordsError when no record is complete (its message lists the runs left out),
     MissingPathError (a FileNotFoundError) for a path that does not exist, and ValueError when no record
     has the metrics its protocol's table needs.
     """
     dirs = _as_paths(path)
     scan = scan_records(dirs)
+    # Jobs of a sweep that left no record at all (never started, killed while loading) are listed too.
+    skipped = list(scan.skipped) + missing_jobs(dirs)
     if not scan.complete:
-        raise NoCompleteRecordsError(dirs, scan.skipped)
-    tables = build_tables(scan.complete, ignore_keys)
-    return SweepTables({t.protocol: t for t in tables}, list(scan.skipped), list(scan.complete))
+        raise NoCompleteRecordsError(dirs, skipped)
+    tables = build_tables(scan.complete, ignore_keys, all_metrics)
+    return SweepTables({t.protocol: t for t in tables}, skipped, list(scan.complete))
 
 
 # --------------------------------------------------------------------------- writing
@@ -178,13 +183,14 @@ def aggregate_runs(
     dirs: PathArg | Iterable[PathArg],
     out_dir: PathArg | None = None,
     ignore_keys: Iterable[str] = (),
+    all_metrics: bool = False,
 ) -> Aggregation:
     """`read_sweep(dirs)`, then write its tables into `out_dir` (None: `default_out_dir`).
 
     Raises what read_sweep raises; nothing is written then.
     """
     paths = _as_paths(dirs)
-    sweep = read_sweep(paths, ignore_keys)
+    sweep = read_sweep(paths, ignore_keys, all_metrics)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     written = write_tables(sweep, out)
     return Aggregation(list(sweep), written, sweep.skipped, out)

@@ -2,8 +2,11 @@
 
     promptlab-table multirun/2025-01-01/12-00-00            # writes the tables into that sweep dir
     promptlab-table runs/a runs/b --out tables/ --quiet
+    promptlab-table outputs/sweeps/base2novel_paper --published   # each run next to the paper's number
 
-For each protocol found it writes table_<protocol>.md / .csv / .tex / .png and prints the tables.
+For each protocol found it writes table_<protocol>.md / .csv / .tex / .png and prints the tables; with
+--published also table_<protocol>_published.md / .csv: the runs beside the published numbers, the difference
+and the 95 % confidence interval over seeds (promptlab.results.published).
 Failed and unfinished runs are listed, not tabulated; with no complete run at all it exits with 1.
 The work is done by `promptlab.results.aggregate`; this module is the command line only.
 """
@@ -45,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         help="output dir (default: the single given dir, else ./outputs/tables/<timestamp>)",
     )
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--all-metrics", action="store_true",
+                        help="also top-5 and mean-per-class accuracy columns (default: micro top-1, as the papers)")
+    parser.add_argument(
+        "--published", action="store_true",
+        help="also put each run next to the published number (paper and table cited) with the difference",
+    )
     parser.add_argument(
         "--ignore-key", action="append", default=[], metavar="KEY",
         help="summary key that must not become a column (per-run bookkeeping); repeatable",
@@ -55,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = aggregate_runs(args.dirs, args.out, args.ignore_key)
+        result = aggregate_runs(args.dirs, args.out, args.ignore_key, all_metrics=args.all_metrics)
     except PromptlabError as exc:  # a bug propagates with its traceback
         if full_error_requested():
             raise
@@ -63,7 +72,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if isinstance(exc, MissingPathError) else EXIT_NO_RECORDS  # a wrong path is a usage error
     if not args.quiet:
         report(result)
+    if args.published:
+        write_published(args.dirs, result.out_dir, args.ignore_key, quiet=args.quiet)
     return EXIT_OK
+
+
+def write_published(
+    dirs: Sequence[Path], out_dir: Path, ignore_keys: Sequence[str] = (), quiet: bool = False
+) -> list[Path]:
+    """The comparison with the published numbers of each table: printed, and written as
+    table_<protocol>_published.md / .csv in `out_dir`."""
+    from promptlab.io import atomic_write_text
+    from promptlab.results.aggregate import read_sweep, table_stem
+    from promptlab.results.published import compare_with_published
+    from promptlab.results.table import print_table
+
+    sweep = read_sweep(dirs, ignore_keys)
+    paths = []
+    for table in sweep:
+        compared = compare_with_published(table, sweep.records)
+        stem = f"{table_stem(table.protocol)}_published"
+        paths.append(atomic_write_text(out_dir / f"{stem}.md", compared.to_markdown()))
+        paths.append(atomic_write_text(out_dir / f"{stem}.csv", compared.to_csv()))
+        if not quiet:
+            print_table(compared)
+    if not quiet:
+        print("published comparison written to " + ", ".join(str(p) for p in paths))
+    return paths
 
 
 if __name__ == "__main__":

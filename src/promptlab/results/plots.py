@@ -4,6 +4,9 @@
   method's colour, with a black line + dot at the HM; error bars are the std over seeds.
 - other protocols: grouped bars, one group per dataset (single-column tables such as fewshot) or per
   column (source, each target, target average), one bar per method/row.
+- fewshot sweeps over several shot counts: accuracy versus shots (log2 axis), one panel per dataset and the
+  Average, one line per method with the std over seeds as a band, as the CoOp paper's Figure 3; a method run
+  at a single shot count (zero-shot CLIP) is drawn as a horizontal dashed line.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from promptlab.io import atomic_write_bytes
-from promptlab.results.table import BASE2NOVEL, Cell, ResultTable
+from promptlab.results.table import BASE2NOVEL, FEWSHOT, Cell, ResultTable
 
 _DPI = 150
 
@@ -119,8 +122,66 @@ def plot_grouped(table: ResultTable, path: str | os.PathLike[str]) -> Path:
     return _save(figure, path)
 
 
+def is_shot_sweep(table: ResultTable) -> bool:
+    """A fewshot table whose rows are split by several shot counts."""
+    if table.protocol != FEWSHOT or "shots" not in table.split_columns:
+        return False
+    return len({row.keys.get("shots") for row in table.rows}) > 1
+
+
+def plot_accuracy_vs_shots(table: ResultTable, path: str | os.PathLike[str], column: str = "acc") -> Path:
+    """Accuracy versus shots for a fewshot sweep (see the module docstring); returns the PNG path."""
+    if not is_shot_sweep(table):
+        raise ValueError("plot_accuracy_vs_shots needs a fewshot table with several shot counts "
+                         f"(protocol {table.protocol!r}, split by {table.split_columns}).")
+    panels = list(dict.fromkeys(row.labels["dataset"] for row in table.rows))
+    others = [c for c in table.split_columns if c != "shots"]  # further axes (n_ctx, ...) make more series
+    methods = list(dict.fromkeys(
+        ", ".join([row.labels["method"], *(f"{table.title_of(c)}={row.labels.get(c, '')}" for c in others)])
+        for row in table.rows))
+    n_cols = min(4, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    figure = Figure(figsize=(3.6 * n_cols + 1.8, 3.0 * n_rows))
+    FigureCanvasAgg(figure)
+    all_shots = sorted({int(row.keys["shots"]) for row in table.rows if row.keys.get("shots") is not None})
+    for p, panel in enumerate(panels):
+        ax = figure.add_subplot(n_rows, n_cols, p + 1)
+        for m, method in enumerate(methods):
+            points = sorted(
+                (int(row.keys["shots"]), row.cells[column]) for row in table.rows
+                if row.labels["dataset"] == panel and row.cells.get(column) is not None
+                and row.keys.get("shots") is not None
+                and ", ".join([row.labels["method"], *(f"{table.title_of(c)}={row.labels.get(c, '')}"
+                                                       for c in others)]) == method)
+            if not points:
+                continue
+            shots = [k for k, _ in points]
+            means = [c.mean for _, c in points]  # type: ignore[union-attr]
+            stds = [c.std or 0.0 for _, c in points]  # type: ignore[union-attr]
+            if len(points) == 1:  # shot-independent (zero-shot): a reference line across the panel
+                ax.axhline(means[0], color=_colour(m), linestyle="--", linewidth=1.2, label=method)
+                continue
+            ax.plot(shots, means, "o-", color=_colour(m), markersize=3, linewidth=1.2, label=method)
+            ax.fill_between(shots, [a - s for a, s in zip(means, stds, strict=True)],
+                            [a + s for a, s in zip(means, stds, strict=True)], color=_colour(m), alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_shots, [str(k) for k in all_shots])
+        ax.set_title(panel, fontsize="medium")
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    legend: dict[str, object] = {}  # every method once, whichever panel drew it
+    for ax in figure.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    figure.axes[-1].legend(list(legend.values()), list(legend), fontsize="x-small", loc="lower right")
+    return _save(figure, path)
+
+
 def plot_table(table: ResultTable, path: str | os.PathLike[str]) -> Path:
     """The figure suited to the table's protocol."""
     if table.protocol == BASE2NOVEL:
         return plot_base2novel(table, path)
+    if is_shot_sweep(table):
+        return plot_accuracy_vs_shots(table, path)
     return plot_grouped(table, path)

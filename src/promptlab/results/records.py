@@ -289,7 +289,7 @@ class SkippedRun:
     """A metrics.json that aggregation did not use, and why."""
 
     path: Path
-    status: str  # "failed", "running" (unfinished or killed), "interrupted" or "unreadable"
+    status: str  # "failed", "running" (unfinished or killed), "interrupted", "unreadable" or "missing" (no record)
     reason: str
 
     def __str__(self) -> str:

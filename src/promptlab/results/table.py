@@ -7,7 +7,11 @@ Aggregation rules (the same as the papers' tables, so numbers can be compared wi
   among the records only from one (dataset, method) pair to another (``n_ctx`` per method,
   ``epochs`` per dataset) are shown as columns without splitting. ``seed`` is the replicate axis.
 - A cell is "mean ± std" over the row's runs (seeds), std being the population standard deviation
-  (ddof=0, numpy.std's default), as CoOp's ``parse_test_res.py`` reports it.
+  (ddof=0, numpy.std's default), as CoOp's ``parse_test_res.py`` reports it. The CSV and `to_records` add
+  the half-width of the 95 % confidence interval of the mean (Student's t with n - 1 degrees of freedom
+  and the sample std, `Cell.ci95`).
+- Top-5 and mean-per-class accuracies (record metrics ending in ``top5_acc`` / ``mean_class_acc``, e.g.
+  ``base_top5_acc``) become extra value columns next to the protocol's micro top-1 ones when runs have them.
 What differs between protocols comes from the protocol object (``promptlab.protocols``): its value
 columns, how a record's values are read, and how an Average row is made:
 
@@ -30,6 +34,7 @@ import csv
 import io
 import json
 import logging
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +86,17 @@ class Cell:
     mean: float
     std: float | None = None
     n: int | None = None
+
+    @property
+    def ci95(self) -> float | None:
+        """Half-width of the 95 % confidence interval of the mean over the `n` runs: t(0.975, n - 1) * s / sqrt(n),
+        s the sample std (ddof 1, from the stored population std). None for a derived number or a single run."""
+        if self.std is None or self.n is None or self.n < 2:
+            return None
+        from scipy.stats import t  # scipy comes with scikit-learn; imported only here
+
+        sample_std = self.std * math.sqrt(self.n / (self.n - 1))
+        return float(t.ppf(0.975, self.n - 1)) * sample_std / math.sqrt(self.n)
 
     def text(self, digits: int = 2, pm: str = "±") -> str:
         if self.std is None:
@@ -146,17 +162,17 @@ class ResultTable:
         return out
 
     def tabular(self) -> tuple[list[str], list[list[Any]]]:
-        """Machine-readable columns: labels, `<col>_mean`, `<col>_std` (empty when derived), n_seeds."""
+        """Machine-readable columns: labels, `<col>_mean`, `<col>_std`, `<col>_ci95` (empty when derived), n_seeds."""
         columns = list(self.label_columns)
         for col in self.value_columns:
-            columns += [f"{col}_mean", f"{col}_std"]
+            columns += [f"{col}_mean", f"{col}_std", f"{col}_ci95"]
         columns.append("n_seeds")
         data = []
         for row in self.rows:
             values: list[Any] = [row.labels.get(c, "") for c in self.label_columns]
             for col in self.value_columns:
                 cell = row.cells.get(col)
-                values += [None, None] if cell is None else [round(cell.mean, 4), _round(cell.std)]
+                values += [None] * 3 if cell is None else [round(cell.mean, 4), _round(cell.std), _round(cell.ci95)]
             values.append(row.seeds_text)
             data.append(values)
         return columns, data
@@ -229,14 +245,14 @@ class ResultTable:
         """The keys of every `to_records` dict, in order."""
         columns = [*self.label_columns, "is_average"]
         for col in self.value_columns:
-            columns += [f"{col}_mean", f"{col}_std", f"{col}_n"]
+            columns += [f"{col}_mean", f"{col}_std", f"{col}_ci95", f"{col}_n"]
         return [*columns, "n_runs"]
 
     def to_records(self) -> list[dict[str, Any]]:
         """One plain dict per row (JSON-ready, unrounded): the label columns' raw summary values (dataset
         "Average" on Average rows), is_average, `<col>_mean` / `<col>_std` / `<col>_n` per value column
-        (None when missing; std None for derived numbers such as the Average rows'), and n_runs, the runs
-        behind the row."""
+        (None when missing; std None for derived numbers such as the Average rows'), `<col>_ci95` (`Cell.ci95`),
+        and n_runs, the runs behind the row."""
         records = []
         for row in self.rows:
             record: dict[str, Any] = {c: row.keys.get(c) for c in self.label_columns}
@@ -245,6 +261,7 @@ class ResultTable:
                 cell = row.cells.get(col)
                 record[f"{col}_mean"] = None if cell is None else cell.mean
                 record[f"{col}_std"] = None if cell is None else cell.std
+                record[f"{col}_ci95"] = None if cell is None else cell.ci95
                 record[f"{col}_n"] = None if cell is None else cell.n
             record["n_runs"] = sum(row.n_seeds)
             records.append(record)
@@ -269,12 +286,15 @@ def _round(value: float | None) -> float | None:
 # --------------------------------------------------------------------------- building
 
 
-def build_tables(records: Iterable[dict[str, Any]], ignore_keys: Iterable[str] = ()) -> list[ResultTable]:
+def build_tables(records: Iterable[dict[str, Any]], ignore_keys: Iterable[str] = (),
+                 all_metrics: bool = False) -> list[ResultTable]:
     """One table per protocol found in the (complete) records, in PROTOCOL_ORDER then A-Z.
 
     Raises ValueError when no protocol's records have the metrics its table needs.
 
-    `ignore_keys`: extra summary keys that must not become columns (per-run bookkeeping).
+    `ignore_keys`: extra summary keys that must not become columns (per-run bookkeeping). `all_metrics`: also
+    the top-5 and mean-per-class accuracies the records have (promptlab-table --all-metrics); the papers' tables,
+    and so the default, show micro top-1 only.
     """
     by_protocol: dict[str, list[dict[str, Any]]] = {}
     for record in records:
@@ -283,7 +303,8 @@ def build_tables(records: Iterable[dict[str, Any]], ignore_keys: Iterable[str] =
     tables, problems = [], []
     for protocol in order:
         try:
-            tables.append(build_table(by_protocol[protocol], protocol, ignore_keys))
+            extra = extra_accuracy_metrics(by_protocol[protocol]) if all_metrics else []
+            tables.append(build_table(by_protocol[protocol], protocol, ignore_keys, extra_metrics=extra))
         except ValueError as exc:  # one protocol without usable metrics must not hide the others
             problems.append(str(exc))
             log.warning("no %s table: %s", protocol, exc)
@@ -347,9 +368,21 @@ def build_table(
     if proto.average_rows:
         rows += _average_rows(proto, rows, extra_keys, split_keys, value_columns, notes)
     notes += proto.table_notes
-    titles = {c: proto.column_titles.get(c, c) for c in value_columns}
+    titles = {c: proto.column_titles.get(c, _extra_title(c)) for c in value_columns}
     label_columns = ["dataset", "method", *extra_keys]
     return ResultTable(protocol, label_columns, value_columns, rows, titles, notes, split_keys)
+
+
+#: Record metrics shown beside the micro top-1 columns when runs have them: `<evaluation>_top5_acc` and
+#: `<evaluation>_mean_class_acc` (mean of the per-class accuracies), e.g. base_top5_acc, novel_mean_class_acc.
+EXTRA_ACCURACY_SUFFIXES = ("top5_acc", "mean_class_acc")
+
+
+def extra_accuracy_metrics(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The top-5 / mean-per-class metrics some of the records have, sorted (base before novel by name)."""
+    found = {key for record in records for key in record.get("metrics", {})
+             if isinstance(key, str) and key.endswith(EXTRA_ACCURACY_SUFFIXES)}
+    return sorted(found)
 
 
 def _freeze(value: Any) -> Any:
@@ -364,6 +397,15 @@ def _record_values(proto: Protocol, record: dict[str, Any], extra_metrics: Seque
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             values.setdefault(key, float(value))
     return values
+
+
+def _extra_title(column: str) -> str:
+    """ "base_top5_acc" -> "Base top-5", "mean_class_acc" -> "mean/class"; other names unchanged."""
+    for suffix, title in (("top5_acc", "top-5"), ("mean_class_acc", "mean/class")):
+        if column.endswith(suffix):
+            prefix = column[: -len(suffix)].rstrip("_")
+            return f"{prefix.capitalize()} {title}" if prefix else title
+    return column
 
 
 def _key_ordered(keys: Iterable[str]) -> list[str]:

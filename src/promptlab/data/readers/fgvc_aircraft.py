@@ -63,6 +63,7 @@ def read(cfg: Mapping[str, Any], dataset_dir: Path) -> DatasetSplits:
         val=splits["val"],
         test=splits["test"],
         classnames=[clean_classname(name) for name in raw_names],
+        class_source=variants_path,
     )
 
 

@@ -13,6 +13,13 @@ Variants (CoOp datasets/imagenetv2.py, imagenet_sketch.py, imagenet_a.py, imagen
   `imagenet-adversarial/imagenet-a/`, ImageNet-R `imagenet-rendition/imagenet-r/`): the wnid folders
   present, sorted, are labelled 0..n-1, so the 200-class A and R are relabelled 0..199 in sorted wnid
   order exactly as the reference; their README.txt is a file, not a class folder, and is ignored.
+
+Without `classnames.txt` (CoOp links it from Google Drive), the names come from open_clip's copy of the
+same list (`open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES`, OpenAI CLIP's ImageNet notebook), which is
+ordered by class index, i.e. by sorted wnid: it applies wherever the folders are all 1,000 classes (ImageNet's
+train/, ImageNet-Sketch, ImageNet-V2's index folders). The 200-class subsets (-A, -R) cannot be matched to
+it by position: they use `imagenet/classnames.txt` of the same data root when present
+(`promptlab-data prepare imagenet` writes it), else they ask for the file.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from promptlab.data.errors import DatasetError
+from promptlab.data.errors import DatasetError, missing_dataset_path
 from promptlab.data.readers.common import (
     cfg_value,
     display_name,
@@ -31,7 +38,6 @@ from promptlab.data.readers.common import (
     list_subfolders,
     read_wnid_classnames,
     require_dir,
-    require_file,
 )
 from promptlab.data.types import DatasetSplits, Datum
 
@@ -60,11 +66,9 @@ def read_imagenet(cfg: Mapping[str, Any], dataset_dir: Path) -> DatasetSplits:
                              layout_imagenet(cfg))
     test_root = require_dir(image_root / str(cfg_value(cfg, "test_dir", reader)), cfg, "val folder",
                             layout_imagenet(cfg))
-    names_path = require_file(dataset_dir / str(cfg_value(cfg, "classnames_file", reader)), cfg,
-                              "class-name file", layout_imagenet(cfg))
-    names = read_wnid_classnames(names_path)
-
+    names_path = dataset_dir / str(cfg_value(cfg, "classnames_file", reader))
     folders = list_subfolders(train_root)
+    names, names_note = _wnid_names(names_path, folders, cfg, layout_imagenet(cfg))
     classnames = _lookup_names(folders, names, names_path, train_root)
     label_of = {folder: label for label, folder in enumerate(folders)}
     unknown = sorted(set(list_subfolders(test_root)) - set(label_of))
@@ -82,6 +86,8 @@ def read_imagenet(cfg: Mapping[str, Any], dataset_dir: Path) -> DatasetSplits:
         val=list(test),
         test=test,
         classnames=classnames,
+        notes=[names_note] if names_note else [],
+        class_source=names_path if not names_note else train_root,
     )
 
 
@@ -89,10 +95,13 @@ def read_imagenet_variant(cfg: Mapping[str, Any], dataset_dir: Path) -> DatasetS
     reader = "imagenet_variant"
     image_root = require_dir(dataset_dir / str(cfg_value(cfg, "image_dir", reader)), cfg, "image folder",
                              layout_variant(cfg))
-    names_path = require_file(dataset_dir / str(cfg_value(cfg, "classnames_file", reader)), cfg,
-                              "class-name file", layout_variant(cfg))
-    names = read_wnid_classnames(names_path)
+    names_path = dataset_dir / str(cfg_value(cfg, "classnames_file", reader))
     scheme = cfg_value(cfg, "class_folders", reader)
+    if not names_path.is_file() and scheme == "index":
+        names, names_note = open_clip_names([str(i) for i in range(IMAGENET_NUM_CLASSES)]), OPEN_CLIP_NOTE
+    else:
+        names, names_note = _wnid_names(names_path, list_subfolders(image_root) if scheme == "wnid" else [], cfg,
+                                        layout_variant(cfg))
     if scheme == "index":
         folders = [str(label) for label in range(len(names))]
         classnames = list(names.values())
@@ -118,7 +127,40 @@ def read_imagenet_variant(cfg: Mapping[str, Any], dataset_dir: Path) -> DatasetS
         val=[],
         test=test,
         classnames=classnames,
+        notes=[names_note] if names_note else [],
+        class_source=names_path if not names_note else image_root,
     )
+
+
+IMAGENET_NUM_CLASSES = 1000
+OPEN_CLIP_NOTE = ("class names from open_clip's ImageNet list (open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES, "
+                  "OpenAI CLIP's names): no classnames.txt in the dataset folder")
+
+
+def open_clip_names(folders: list[str]) -> dict[str, str]:
+    """Folder -> class name for the 1,000 ImageNet classes, folders in class-index (sorted wnid) order."""
+    # Imported here: open_clip pulls in torch, which reading other datasets (and the tables) need not load.
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    assert len(folders) == IMAGENET_NUM_CLASSES
+    return dict(zip(folders, IMAGENET_CLASSNAMES, strict=True))
+
+
+def _wnid_names(
+    names_path: Path, folders: list[str], cfg: Mapping[str, Any], layout: str
+) -> tuple[dict[str, str], str | None]:
+    """The wnid -> name map: the dataset's classnames.txt, else the data root's imagenet/classnames.txt, else
+    open_clip's list when `folders` are the 1,000 classes; a note says which (None: the dataset's own file)."""
+    if names_path.is_file():
+        return read_wnid_classnames(names_path), None
+    shared = names_path.parent.parent / "imagenet" / names_path.name
+    if shared.is_file():
+        return read_wnid_classnames(shared), f"class names read from {shared} (no {names_path.name} in the folder)"
+    if len(folders) == IMAGENET_NUM_CLASSES and all(f.startswith("n") for f in folders):
+        return open_clip_names(folders), OPEN_CLIP_NOTE
+    raise missing_dataset_path(
+        display_name(cfg), f"class-name file (open_clip's list needs all {IMAGENET_NUM_CLASSES} wnid folders "
+        f"to name classes by position; {len(folders)} found)", names_path, layout, display_name(cfg))
 
 
 def _lookup_names(folders: list[str], names: Mapping[str, str], names_path: Path, root: Path) -> list[str]:

@@ -51,8 +51,8 @@ def read_split_zhou(
 
     `rename_classes` maps a class name as stored in the file to the name to use; names not in it are
     kept. Class names then have underscores replaced by spaces. `display_name` is used in messages.
-    Only the image folder and the first image of each split are checked here (a stat per image would
-    be slow on large datasets); `ImageDataset` checks the images that are actually loaded.
+    Only the file and the image folder are checked here; `read_dataset` then checks the class count and
+    that every listed image is inside the dataset folder and on disk (`promptlab.data.image_check`).
     """
     dataset_dir = Path(dataset_dir)
     cfg = {"name": name, "display_name": display_name or name, "dataset_dir": dataset_dir.name,
@@ -78,7 +78,6 @@ def read_split_zhou(
             items.append(Datum(impath=os.path.join(image_root, relpath), label=label, classname=classname))
         splits[split] = items
 
-    _check_first_images(splits, split_path, image_root)
     return DatasetSplits(
         name=name,
         dataset_dir=dataset_dir,
@@ -86,6 +85,7 @@ def read_split_zhou(
         val=splits["val"],
         test=splits["test"],
         classnames=classnames_from_labels(label_to_name, split_path),
+        class_source=split_path,
     )
 
 
@@ -131,14 +131,3 @@ def _parse_entry(entry: Any, split: str, split_path: Path) -> tuple[str, int, st
             f"with a label >= 0. Re-download or regenerate the split file."
         )
     return relpath, label, classname
-
-
-def _check_first_images(splits: Mapping[str, list[Datum]], split_path: Path, image_root: Path) -> None:
-    # One stat per split catches the common mistake (images extracted one folder too deep or under
-    # another name) before any training starts.
-    for split, items in splits.items():
-        if items and not os.path.isfile(items[0].impath):
-            raise DatasetError(
-                f"image listed in {split_path} ({split!r}) is absent: {items[0].impath}. Check that the "
-                f"images are extracted so that the paths in the split file resolve under {image_root}."
-            )

@@ -1,0 +1,145 @@
+"""What the deep / multi-modal prompt learners share (VPT, IVLP, MaPLe, PromptSRC): learned tokens inside the
+text tower, the image tower or both, at the input and at deeper blocks (docs/deep_prompts.md).
+
+Depth J counts the blocks that get fresh tokens, block 0 included: block 0 sees the input-level prompts, and
+before each block 1..J-1 the prompt slots of the residual stream are replaced by new tokens; later blocks carry
+what the previous block wrote there. Text slots are the n_ctx positions right after SOS, vision slots the last
+n tokens (appended after the patches, before ln_pre). The token surgery itself is in models/adapter.py; a
+learner only holds the tensors and says which go where.
+
+Reference: muzairkhattak/multimodal-prompt-learning (trainers/independentVL.py, maple.py, vpt.py) and
+muzairkhattak/PromptSRC (trainers/promptsrc.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from promptlab.errors import ConfigError
+from promptlab.methods.base import PromptLearner, tokenize_prompts
+from promptlab.models.frozen import FrozenCLIP
+
+
+def seeded_generator(init_seed: int | None) -> torch.Generator | None:
+    return torch.Generator().manual_seed(init_seed) if init_seed is not None else None
+
+
+def normal_tokens(n: int, width: int, generator: torch.Generator | None) -> torch.Tensor:
+    """n prompt tokens from N(0, 0.02), the reference's initialisation of every random prompt."""
+    tokens = torch.empty(n, width)
+    nn.init.normal_(tokens, std=0.02, generator=generator)
+    return tokens
+
+
+def init_text_context(
+    clip: FrozenCLIP, n_ctx: int, ctx_init: str | None, generator: torch.Generator | None,
+    keep_init_tail: bool = True, option: str = "method.learner",
+) -> tuple[torch.Tensor, str]:
+    """(context vectors [n_ctx, W], the prompt text whose first n_ctx tokens they replace).
+
+    From an init phrase the reference (VLPromptLearner / MultiModalPromptLearner.__init__) learns the *first*
+    n_ctx tokens of the phrase and keeps the whole phrase in the prompt text, so with n_ctx=2 and "a photo of a"
+    the vectors "a", "photo" are learned while "of a" stay fixed words between the context and the class name
+    (`token_suffix = embedding[:, 1 + n_ctx:]`). `keep_init_tail=False` asks for CoOp's rule instead: n_ctx must
+    equal the phrase's token count. An n_ctx above the phrase's token count is refused (the reference silently
+    switches to random vectors when n_ctx > 4).
+    """
+    if n_ctx < 1:
+        raise ConfigError(f"{option}.n_ctx={n_ctx}: a text context needs at least one vector (n_ctx >= 1).")
+    if not ctx_init:
+        return normal_tokens(n_ctx, clip.ctx_dim, generator), " ".join(["X"] * n_ctx)
+    text = ctx_init.replace("_", " ").strip()
+    tokens = clip.tokenize([text])
+    n_init = int(clip.eot_index(tokens)[0]) - 1
+    if n_ctx > n_init or (not keep_init_tail and n_ctx != n_init):
+        rule = ("n_ctx must equal its token count (keep_init_tail=false)" if n_ctx <= n_init
+                else "at most that many tokens can be initialised from it")
+        raise ConfigError(
+            f"{option}.n_ctx={n_ctx} but {option}.ctx_init={ctx_init!r} is {n_init} tokens: {rule}. Set "
+            f"{option}.n_ctx <= {n_init} (the first n_ctx tokens are learned, the rest stay fixed words, as the "
+            f"reference), or {option}.ctx_init=null for {n_ctx} random vectors."
+        )
+    vectors = clip.embed_tokens(tokens)[0, 1 : 1 + n_ctx].detach().clone().float()
+    return vectors, text
+
+
+def check_depth(depth: int, layers: int, option: str, tower: str, clip: FrozenCLIP, minimum: int = 0) -> None:
+    if depth < minimum or depth > layers:
+        raise ConfigError(
+            f"{option}={depth}: the depth counts the {tower}-tower blocks that get fresh prompt tokens, from "
+            f"{minimum} to the tower's {layers} blocks ({clip.name}). The reference's depths (9, 12) are for "
+            f"ViT-B/16; the toy world's configs use smaller ones (conf/method_dataset/*_toyworld.yaml)."
+        )
+
+
+def fp16_round(tensors: Sequence[torch.Tensor], enabled: bool) -> list[torch.Tensor]:
+    """The reference casts every inserted prompt with `.half()` (clip/model.py), whatever PREC says; with
+    `enabled` the tokens are rounded to fp16 values the same way (then cast back to the compute dtype)."""
+    return [t.half().to(t.dtype) if enabled else t for t in tensors]
+
+
+class DeepPromptLearner(PromptLearner):
+    """Base of the deep prompt learners: a text context after SOS (possibly deep) and/or image-tower tokens.
+
+    Subclasses fill `text_deep_prompts()` and `vision_prompts()`; `encodes_images` (set per instance) tells
+    the module to encode images through `encode_images` (with gradients to the prompts) instead of reading
+    frozen features.
+    """
+
+    encodes_images: bool = True
+
+    def __init__(self, fp16_prompts: bool = False, checkpoint_blocks: bool = False) -> None:
+        super().__init__()
+        self.fp16_prompts = fp16_prompts
+        self.checkpoint_blocks = checkpoint_blocks
+        self.n_ctx = 0
+        self.ctx_text = ""
+
+    # ----------------------------------------------------------------- text side
+    def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
+        prompts = tokenize_prompts(clip, self.ctx_text, self.n_ctx, classnames)
+        self.classnames = list(classnames)
+        # Non-persistent: rebuilt for each class list, never saved (a saved prompt is the learned tensors only).
+        self.register_buffer("prefix", prompts.prefix.float(), persistent=False)
+        self.register_buffer("suffix", prompts.suffix.float(), persistent=False)
+        self.register_buffer("eot_index", prompts.eot_index, persistent=False)
+
+    def text_context(self) -> torch.Tensor:
+        """The block-0 text context [n_ctx, W] (part of the token embeddings, so it gets the positional embedding)."""
+        return self.ctx
+
+    def text_deep_prompts(self) -> list[torch.Tensor]:
+        """Fresh text tokens for blocks 1..J_text-1, [n_ctx, W] each."""
+        return []
+
+    def vision_prompts(self) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """(block-0 image tokens [n, W_v] or None, fresh image tokens for blocks 1..J_vision-1)."""
+        return None, []
+
+    def prompt_embeddings(self) -> torch.Tensor:
+        """Token embeddings [C, T, W] of the prompts [SOS, context, class tokens, ".", EOT] (the plain path)."""
+        ctx = self.text_context().unsqueeze(0).expand(self.prefix.shape[0], -1, -1)
+        return torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], dim=1)
+
+    def encode_text(self, clip: FrozenCLIP) -> torch.Tensor:
+        """Normalised class-text embeddings [C, D] with the deep text prompts."""
+        deep = fp16_round(self.text_deep_prompts(), self.fp16_prompts)
+        # Every prompt starts with [SOS, context] and every deep slot lies inside it: encode it once (exact,
+        # models/shared_prefix.py), or run the full prompts when the backbone or model.share_prefix says no.
+        prefix = torch.cat([self.prefix[:1], self.text_context().unsqueeze(0).to(self.prefix.dtype)], dim=1)
+        return clip.encode_prefix_suffix(prefix, self.suffix, self.eot_index, deep=deep)[0]
+
+    def forward(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode_text(clip)
+
+    # ----------------------------------------------------------------- image side
+    def encode_images(self, clip: FrozenCLIP, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image embeddings [B, D] through the image tower with this learner's tokens."""
+        shallow, deep = self.vision_prompts()
+        if shallow is None:
+            return clip.encode_image(images)
+        shallow_r, *deep_r = fp16_round([shallow, *deep], self.fp16_prompts)
+        return clip.encode_image_prompted(images, shallow_r, deep_r, checkpoint_blocks=self.checkpoint_blocks)

@@ -1,0 +1,65 @@
+"""MaPLe: multi-modal prompt learning (Khattak et al., CVPR 2023; muzairkhattak/multimodal-prompt-learning,
+trainers/maple.py MultiModalPromptLearner, clip/model.py).
+
+The free parameters live on the text side; the image tokens are functions of them:
+- block 0: text context `ctx` [n_ctx, W_t] (the init phrase's first tokens); image tokens `vision_proj(ctx)`;
+- blocks i = 1..depth-1: text tokens `text_deep[i-1]` (N(0, 0.02)); image tokens `vision_deep_proj[i-1]
+  (text_deep[i-1])`, one Linear(W_t, W_v) per block.
+The reference builds the depth-1 deep projections by deep-copying ONE Linear, so they all start with the
+same weights, while `vision_proj` is initialised on its own; promptlab does the same. The reference hard-codes
+512 -> 768 (ViT-B/16); here the widths are the backbone's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from promptlab.methods.deep_prompts import (
+    DeepPromptLearner,
+    check_depth,
+    init_text_context,
+    normal_tokens,
+    seeded_generator,
+)
+from promptlab.models.frozen import FrozenCLIP
+
+
+class MaPLePrompts(DeepPromptLearner):
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        n_ctx: int = 2,
+        ctx_init: str | None = "a photo of a",
+        depth: int = 9,
+        keep_init_tail: bool = True,
+        fp16_prompts: bool = False,
+        checkpoint_blocks: bool = False,
+        init_seed: int | None = None,
+    ) -> None:
+        super().__init__(fp16_prompts=fp16_prompts, checkpoint_blocks=checkpoint_blocks)
+        clip.check_vision_prompts("maple")
+        layers = min(clip.text_layers, clip.vision_layers)
+        check_depth(depth, layers, "method.learner.depth", "text and image", clip, minimum=1)
+        generator = seeded_generator(init_seed)
+        vectors, self.ctx_text = init_text_context(clip, n_ctx, ctx_init, generator, keep_init_tail)
+        self.n_ctx, self.depth = vectors.shape[0], depth
+        self.ctx = nn.Parameter(vectors)
+        self.text_deep = nn.ParameterList(
+            [nn.Parameter(normal_tokens(self.n_ctx, clip.ctx_dim, generator)) for _ in range(depth - 1)])
+        with torch.random.fork_rng(devices=[]):
+            if init_seed is not None:
+                torch.manual_seed(init_seed)
+            self.vision_proj = nn.Linear(clip.ctx_dim, clip.vision_width)
+            single = nn.Linear(clip.ctx_dim, clip.vision_width)
+            self.vision_deep_proj = nn.ModuleList([copy.deepcopy(single) for _ in range(depth - 1)])
+
+    def text_deep_prompts(self) -> list[torch.Tensor]:
+        return list(self.text_deep)
+
+    def vision_prompts(self) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        # The coupling: image tokens = per-depth linear maps of the text tokens of the same depth.
+        deep = [proj(tokens) for proj, tokens in zip(self.vision_deep_proj, self.text_deep, strict=True)]
+        return self.vision_proj(self.ctx), deep

@@ -1,0 +1,52 @@
+"""VPT (deep vision prompting) on CLIP, as the MaPLe paper's baseline (muzairkhattak/multimodal-prompt-learning,
+trainers/vpt.py; Jia et al., ECCV 2022): n_ctx_vision N(0, 0.02) tokens appended in the image tower before
+ln_pre and fresh ones before blocks 1..vision_depth-1; the text side is fixed, frozen CLIP's embedding of
+"a photo of a {class}." computed once per class list (the reference's FixedEmbeddings, for every dataset).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from promptlab.methods.deep_prompts import DeepPromptLearner, check_depth, normal_tokens, seeded_generator
+from promptlab.methods.prompts import TextPrompts
+from promptlab.models.frozen import FrozenCLIP
+
+
+class VPTPrompts(DeepPromptLearner):
+    def __init__(
+        self,
+        clip: FrozenCLIP,
+        n_ctx_vision: int = 8,
+        vision_depth: int = 12,
+        templates: list[str] | None = None,
+        fp16_prompts: bool = False,
+        checkpoint_blocks: bool = False,
+        init_seed: int | None = None,
+    ) -> None:
+        super().__init__(fp16_prompts=fp16_prompts, checkpoint_blocks=checkpoint_blocks)
+        clip.check_vision_prompts("vpt")
+        # The reference asserts PROMPT_DEPTH_VISION >= 1: without image tokens there is nothing to learn.
+        check_depth(vision_depth, clip.vision_layers, "method.learner.vision_depth", "image", clip, minimum=1)
+        if n_ctx_vision < 1:
+            raise ValueError(f"method.learner.n_ctx_vision={n_ctx_vision}: VPT needs >= 1 vision token.")
+        generator = seeded_generator(init_seed)
+        width = clip.vision_width
+        self.n_ctx_vision, self.vision_depth = n_ctx_vision, vision_depth
+        self.vision_ctx = nn.Parameter(normal_tokens(n_ctx_vision, width, generator))
+        self.vision_deep = nn.ParameterList(
+            [nn.Parameter(normal_tokens(n_ctx_vision, width, generator)) for _ in range(vision_depth - 1)])
+        # Not named text_prompts: the run record reports prompts.templates for learners that follow it; VPT does not.
+        self.fixed_prompts = TextPrompts(list(templates or ["a photo of a {}."]))
+        self.templates = self.fixed_prompts.templates
+
+    def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
+        self.classnames = list(classnames)
+        self.register_buffer("text_features", self.fixed_prompts.class_embeddings(clip, classnames), persistent=False)
+
+    def vision_prompts(self) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        return self.vision_ctx, list(self.vision_deep)
+
+    def forward(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.text_features
