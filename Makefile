@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help setup demo test test-slow test-all bench gpu-check lint study clean
+.PHONY: help setup demo test test-slow test-all bench gpu-check lint study study-all clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -39,6 +39,9 @@ gpu-check: $(STAMP)  ## on a GPU machine: every method on ViT-B/16 (random weigh
 
 study: $(STAMP)  ## the spurious-background study: 4 methods x 3 strengths x seeds -> table + figure
 	$(PY) -m promptlab.train -m experiment=spurious_study
+
+study-all: $(STAMP)  ## the same study over all 10 prompt learners (ProGrad, VPT, IVLP, MaPLe, PromptSRC...), 3 seeds (up to an hour on 2 cores)
+	$(PY) -m promptlab.train -m experiment=spurious_study_all
 
 lint: $(STAMP)  ## ruff over everything, mypy over the public API (promptlab.api)
 	$(VENV)/bin/ruff check src tests

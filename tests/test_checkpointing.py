@@ -42,12 +42,20 @@ class _StopAt(L.Callback):
             raise RuntimeError(f"stopped at epoch {self.epoch}")
 
 
+# Online augmentation of decoded images (the tensor backend): its crop/flip generator is part of the state too.
+ONLINE = ["method.loader.train_cache=off", "method.loader.augment=coop"]
+
+
 def _run(tmp_path: Path, name: str, extra: list[str] = ()) -> dict:
     return train.run(compose_cfg([*tiny_overrides(tmp_path), *COOP, "method.optim.epochs=6", f"run_name={name}",
                                   *extra]))
 
 
-def test_a_run_stopped_mid_way_resumes_and_ends_identical(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("variant", [[], ONLINE], ids=["cached-views", "online-augmentation"])
+def test_a_run_stopped_mid_way_resumes_and_ends_identical(tmp_path, monkeypatch, variant) -> None:
+    def _run(tmp_path: Path, name: str) -> dict:
+        return globals()["_run"](tmp_path, name, variant)
+
     whole = _run(tmp_path, "whole")
     whole_dir = Path(whole["run_dir"])
     assert not (whole_dir / CHECKPOINT_NAME).exists()  # removed once the record is complete

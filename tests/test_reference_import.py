@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
 from promptlab.config.registry import plain
 from promptlab.engine.build import build_parts, load_learner
+from promptlab.errors import ConfigError
 from promptlab.methods import CoCoOpPrompts, CoOpPrompts, logits_from_features
 from promptlab.methods.prograd import ProGradPrompts
 from promptlab.models import load_clip_from_config
@@ -322,3 +323,179 @@ def test_shots_cli_converts_a_split_fewshot_folder_that_fewshot_splits_then_read
     with pytest.raises(SystemExit):  # default dataset dir = the parent folder, which has none of the images
         import_main(["shots", str(elsewhere)])
     assert "none of the images" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ deep prompts (MaPLe, IVLP, PromptSRC, VPT)
+def reference_deep_state(learner, clip, method: str, classnames: list[str], fp16: bool = True) -> dict:
+    """The state_dict that the reference's CustomCLIP saves (multimodal-prompt-learning trainers/maple.py,
+    independentVL.py, vpt.py; PromptSRC trainers/promptsrc.py), from a promptlab learner. fp16 (PREC=fp16): the
+    frozen CLIP in fp16 under the CustomCLIP's names, prompt_learner.* (ctx and MaPLe's proj in fp16, as the
+    reference casts them), IVLP's tokens inside the encoders (VPT, resblocks.N.VPT_shallow) in fp32; fp16=False
+    (PREC=fp32 or amp, `clip_model.float()`): everything in fp32."""
+    half = (lambda t: t.half()) if fp16 else (lambda t: t.float())
+    state: dict[str, torch.Tensor] = {}
+    for key, value in clip.model.state_dict().items():
+        if key.startswith("visual."):
+            state["image_encoder." + key[len("visual."):]] = half(value)
+            if method == "promptsrc":  # the teacher: a second frozen image tower inside the prompt learner
+                state["prompt_learner.ZS_image_encoder." + key[len("visual."):]] = half(value)
+        elif key.startswith(("transformer.", "ln_final.")) or key in ("positional_embedding", "text_projection"):
+            state["text_encoder." + key] = half(value)
+    state["logit_scale"] = half(clip.model.state_dict()["logit_scale"])
+    if method != "vpt":
+        n_ctx = learner.n_ctx
+        prompts = [f"{learner.ctx_text} {name}." for name in classnames]
+        embedding = half(clip.embed_tokens(clip.tokenize(prompts)))
+        state["prompt_learner.token_prefix"] = embedding[:, :1]
+        state["prompt_learner.token_suffix"] = embedding[:, 1 + n_ctx:]
+        state["prompt_learner.ctx"] = half(learner.ctx.detach())
+    if method == "maple":
+        state["prompt_learner.proj.weight"] = half(learner.vision_proj.weight.detach())
+        state["prompt_learner.proj.bias"] = half(learner.vision_proj.bias.detach())
+        for j, tokens in enumerate(learner.text_deep):
+            state[f"prompt_learner.compound_prompts_text.{j}"] = tokens.detach().clone()
+            proj = learner.vision_deep_proj[j]
+            state[f"prompt_learner.compound_prompt_projections.{j}.weight"] = proj.weight.detach().clone()
+            state[f"prompt_learner.compound_prompt_projections.{j}.bias"] = proj.bias.detach().clone()
+        return state
+    for j, tokens in enumerate(getattr(learner, "text_deep", [])):
+        state[f"text_encoder.transformer.resblocks.{j + 1}.VPT_shallow"] = tokens.detach().clone()
+    if learner.encodes_images:
+        state["image_encoder.VPT"] = learner.vision_ctx.detach().clone()
+        for j, tokens in enumerate(learner.vision_deep):
+            state[f"image_encoder.transformer.resblocks.{j + 1}.VPT_shallow"] = tokens.detach().clone()
+    return state
+
+
+def deep_learner(method: str, clip, seed: int):
+    from promptlab.methods.ivlp import IVLPPrompts
+    from promptlab.methods.maple import MaPLePrompts
+    from promptlab.methods.promptsrc import PromptSRCPrompts
+    from promptlab.methods.vpt import VPTPrompts
+
+    # Depth 2: the tiny CLIP has 2 blocks per tower, so block 1 gets deep tokens.
+    make = {
+        "maple": lambda: MaPLePrompts(clip, depth=2, init_seed=seed),
+        "ivlp": lambda: IVLPPrompts(clip, text_depth=2, vision_depth=2, init_seed=seed),
+        "ivlp_language": lambda: IVLPPrompts(clip, n_ctx=4, text_depth=2, vision_depth=0, init_seed=seed),
+        "promptsrc": lambda: PromptSRCPrompts(clip, text_depth=2, vision_depth=2, init_seed=seed),
+        "vpt": lambda: VPTPrompts(clip, n_ctx_vision=3, vision_depth=2, init_seed=seed),
+    }
+    return make[method]()
+
+
+def trained_deep_learner(method: str, clip):
+    """A deep learner whose tensors moved away from their initialisation (as training moves them), with the
+    tensors the reference stores in fp16 (ctx, MaPLe's proj) rounded to fp16 values, as its fp16 run holds them."""
+    learner = deep_learner(method, clip, seed=0)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in learner.named_parameters():
+            param.add_(0.5 * param.abs().mean() * torch.randn(param.shape, generator=gen))
+            if name == "ctx" or name.startswith("vision_proj."):
+                param.copy_(param.half().float())
+    learner.set_classnames(clip, NAMES)
+    return learner
+
+
+def scores(learner, clip, images):
+    with torch.no_grad():
+        feats = learner.encode_images(clip, images)
+        return logits_from_features(feats, learner(clip, feats).float(), clip.logit_scale())
+
+
+# MaPLe, IVLP and PromptSRC in the fast suite; the other two key layouts in the slow one (a second each).
+@pytest.mark.parametrize("method", ["maple", "ivlp", "promptsrc", pytest.param("ivlp_language", marks=pytest.mark.slow),
+                                    pytest.param("vpt", marks=pytest.mark.slow)])
+def test_deep_checkpoint_imports_and_scores_as_the_original(backbone, tmp_path, method):
+    model, clip, _ = backbone
+    original = trained_deep_learner(method, clip)
+    ckpt = write_dassl_checkpoint(tmp_path / "model.pth.tar-5", reference_deep_state(original, clip, method, NAMES),
+                                  epoch=5)
+    out = tmp_path / "imported.pt"
+    info = import_checkpoint(ckpt, out, model, classnames=NAMES)  # the method is read from the keys
+    assert info["method"] == method and info["epoch"] == 5
+    assert "frozen CLIP tensors equal" in info["backbone_check"]
+    if method != "vpt":
+        assert "token_prefix equal" in info["backbone_check"] and "token_suffix equals" in info["layout_check"]
+    assert any("frozen CLIP tensors" in d for d in info["dropped_keys"])
+    payload = torch.load(out, weights_only=True)
+    assert set(payload["state_dict"]) == {k for k, _ in original.named_parameters()}
+    loaded = deep_learner(method, clip, seed=1)  # another initialisation: loading must replace every tensor
+    loaded.set_classnames(clip, NAMES)
+    images = torch.randn(16, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(4))
+    labels = scores(original, clip, images).argmax(dim=-1)[torch.randperm(16, generator=torch.Generator())]
+    assert not torch.equal(scores(loaded, clip, images), scores(original, clip, images))  # the check can fail
+    load_learner(out, loaded, clip=clip)
+    assert torch.equal(scores(loaded, clip, images), scores(original, clip, images))
+    correct = [int((scores(m, clip, images).argmax(dim=-1) == labels).sum()) for m in (original, loaded)]
+    assert correct[0] == correct[1]
+
+
+def test_deep_checkpoint_checks_backbone_and_fixed_words(backbone, tmp_path):
+    model, clip, _ = backbone
+    original = trained_deep_learner("maple", clip)
+    state = reference_deep_state(original, clip, "maple", NAMES)
+    other = make_random_clip(seed=7)
+    foreign = {**state, **{k: v for k, v in reference_deep_state(original, other, "maple", NAMES).items()
+                           if k.startswith(("text_encoder.", "image_encoder."))}}
+    with pytest.raises(BackboneCheckError, match="frozen CLIP weight"):
+        import_checkpoint(write_dassl_checkpoint(tmp_path / "other.tar-5", foreign), tmp_path / "o.pt", model)
+    # A run with a random context ("X X {name}."): its suffix has no "of a" after the context.
+    random_ctx = reference_deep_state(original, clip, "maple", NAMES)
+    tokens = clip.tokenize([f"X X {name}." for name in NAMES])
+    random_ctx["prompt_learner.token_suffix"] = clip.embed_tokens(tokens).half()[:, 3:]
+    ckpt = write_dassl_checkpoint(tmp_path / "random.tar-5", random_ctx)
+    with pytest.raises(LayoutCheckError, match="ctx_init=null"):
+        import_checkpoint(ckpt, tmp_path / "r.pt", model)
+    info = import_checkpoint(ckpt, tmp_path / "r.pt", [*model, "method.learner.ctx_init=null"], classnames=NAMES)
+    assert "no fixed words" in info["layout_check"] and "token_suffix equals" in info["layout_check"]
+    good = write_dassl_checkpoint(tmp_path / "good.tar-5", state)
+    with pytest.raises(LayoutCheckError, match="class 0"):  # the training classes in another order
+        import_checkpoint(good, tmp_path / "g.pt", model, classnames=NAMES[::-1])
+    gap = {k: v for k, v in reference_deep_state(trained_deep_learner("ivlp", clip), clip, "ivlp", NAMES).items()
+           if k != "text_encoder.transformer.resblocks.1.VPT_shallow"}
+    gap["text_encoder.transformer.resblocks.2.VPT_shallow"] = torch.zeros(2, clip.ctx_dim)
+    with pytest.raises(ConfigError, match="without gaps"):
+        import_checkpoint(write_dassl_checkpoint(tmp_path / "gap.tar-5", gap), tmp_path / "gap.pt", model)
+
+
+def test_cli_prints_the_deep_evaluation_command(backbone, tmp_path, capsys):
+    model, clip, _ = backbone
+    state = reference_deep_state(trained_deep_learner("promptsrc", clip), clip, "promptsrc", NAMES)
+    ckpt = write_dassl_checkpoint(tmp_path / "model.pth.tar-20", state, epoch=20)
+    assert import_main(["checkpoint", str(ckpt), "--out", str(tmp_path / "p.pt"), *model]) == 0
+    printed = capsys.readouterr().out
+    assert "(promptsrc, epoch 20)" in printed and "ZS_image_encoder" in printed
+    command = printed.split("evaluate it with:\n")[1].strip()
+    assert command.startswith("python -m promptlab.train method=promptsrc method.learner.n_ctx=4")
+    assert "method.learner.text_depth=2" in command and "method.learner.vision_depth=2" in command
+    assert command.endswith(f"method.optim.epochs=0 load_prompt={tmp_path / 'p.pt'}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["maple", "promptsrc"])
+def test_imported_deep_reference_prompt_evaluates_to_the_same_counts(tmp_path, method):
+    """A toy-world run, its prompt written as the reference's checkpoint, imported, evaluated again."""
+    depth = ["method.learner.depth=2"] if method == "maple" else [
+        "method.learner.text_depth=2", "method.learner.vision_depth=2", "method.learner.gpa_mean=1"]
+    base = [*tiny_overrides(tmp_path), f"method={method}", *depth, "method.loader.batch_size=8"]
+    record = run(compose_cfg([*base, "method.optim.epochs=2", "run_name=trained"]))
+    cfg = compose_cfg([*base, "run_name=trained"])
+    saved = torch.load(run_dir_of(cfg) / "prompt_learner.pt", weights_only=True)
+    clip = load_clip_from_config(cfg.model)
+    learner = deep_learner(method, clip, seed=0)
+    learner.load_state_dict(saved["state_dict"])
+    # PREC=fp32/amp: the reference saves every prompt tensor in fp32 (fp16 storage is checked in the fast test).
+    state = reference_deep_state(learner, clip, method, saved["train_classnames"], fp16=False)
+    ckpt = write_dassl_checkpoint(tmp_path / "model.pth.tar-2", state)
+    out = tmp_path / "imported.pt"
+    model = [o for o in tiny_overrides(tmp_path) if o.startswith("model.")]
+    info = import_checkpoint(ckpt, out, model, classnames=saved["train_classnames"])
+    assert info["method"] == method
+    imported = torch.load(out, weights_only=True)["state_dict"]
+    assert set(imported) == set(saved["state_dict"])
+    assert all(torch.equal(value, saved["state_dict"][key]) for key, value in imported.items())
+    again = run(compose_cfg([*base, "method.optim.epochs=0", f"load_prompt={out}", "run_name=imported"]))
+    counts = [[(e["name"], e["n_correct"], e["n_images"]) for e in r["evaluations"]] for r in (record, again)]
+    assert counts[0] == counts[1]

@@ -544,6 +544,10 @@ def test_no_missing_list_when_the_jobs_cannot_be_known(tmp_path: Path) -> None:
     optuna = tmp_path / "optuna"
     _multirun_yaml(optuna, {"method.optim.lr": "interval(0.001, 0.1)"}, [],
                    sweeper="hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    # Every swept key on the command line: Hydra writes `params: null`.
+    cli_only = tmp_path / "cli_only"
+    _multirun_yaml(cli_only, None, ["seed=1,2", "method=coop"])
+    assert [job.run_dir.name for job in planned_jobs(cli_only)] == ["method=coop,seed=1", "method=coop,seed=2"]
     custom = tmp_path / "custom"
     _multirun_yaml(custom, {"seed": "1,2"}, [], subdir="${hydra.job.num}")
     assert planned_jobs(optuna) is None and planned_jobs(custom) is None

@@ -88,6 +88,7 @@ def test_the_objective_never_reads_test_data(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_optuna_search_on_the_toy_world_tunes_on_validation(tmp_path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="promptlab[tune] is not installed")
     proc = run_cli(["-m", "hparams_search=coop", "method=coop", "hydra.sweeper.n_trials=3", "sweep_name=tune",
                     *tiny_overrides(tmp_path)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -22,6 +22,10 @@ typical size of the real datasets' photos), one timed run = one epoch over them 
                    epoch (torchvision RandomResizedCrop, bicubic, + flip), fp32, attention through PyTorch's
                    unfused math kernel, all 77 text positions; for CoCoOp its per-image loop (batch 1).
 The targets of the augmented path (docs/tensor_augment.md) are printed with pass/fail.
+The deep rows (`--rows deep`; `all` includes them): MaPLe and PromptSRC, one training step of `--deep-batch`
+(default 4, the reference's) and one evaluation of `--deep-images`, promptlab's path against the reference's
+per-step path (77 text tokens, no shared-prefix reuse, fp32, unfused attention, text re-encoded per test batch);
+`deep_conditions` says how they were measured (deep_rows).
 Each figure is the median of `--repeats` timed runs after a warm-up run. Results go to stdout and to
 outputs/bench/latest.json (one key per figure, ratios included).
 """
@@ -130,6 +134,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, float | str | int]:
         result |= feature_rows(args, clip, device, amp)
     if args.rows in ("all", "augmented"):
         result |= augmented_rows(args, clip, device, amp)
+    if args.rows in ("all", "deep"):
+        result |= deep_rows(args, clip, device, amp)
     result |= {"torch": torch.__version__, "python": platform.python_version()}
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -303,16 +309,9 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
                     step(learner, augment(device_batch(i)), labels[i : i + b], optimizer, clip, lambda: amp)
             return run
 
-        @contextmanager
-        def reference_context():
-            # fp32, no autocast, attention through the unfused math kernel (the reference's nn.MultiheadAttention
-            # path of 2022 ran unfused); torch.backends.mha's fast path off for the same reason.
-            torch.backends.mha.set_fastpath_enabled(False)
-            try:
-                with sdpa_kernel([SDPBackend.MATH]):
-                    yield
-            finally:
-                torch.backends.mha.set_fastpath_enabled(True)
+        # fp32, no autocast, attention through the unfused math kernel (the reference's nn.MultiheadAttention
+        # path of 2022 ran unfused); torch.backends.mha's fast path off for the same reason.
+        reference_context = _reference_attention
 
         def pil_batch(batch_items: list[Datum]) -> torch.Tensor:
             return torch.stack([pil_transform(Image.open(it.impath).convert("RGB")) for it in batch_items]).to(device)
@@ -357,6 +356,123 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
     }
 
 
+@contextmanager
+def _reference_attention():
+    """fp32 attention through the unfused math kernel with nn.MultiheadAttention's fast path off, as the deep
+    prompts' reference ran it (its own CLIP copy, 2022-era PyTorch)."""
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+
+
+def deep_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.device, amp) -> dict[str, float | str]:
+    """MaPLe and PromptSRC (images through the learner): one training step and one evaluation, promptlab's path
+    against the reference's per-step path.
+
+    promptlab: the learner's text side with the exact text speed-ups (truncation after the last EOT, shared
+    [SOS, context] prefix), images through the prompted image tower, the module's loss (cross-entropy, PromptSRC's
+    self-regulating terms with the frozen tower on the same images), SGD; evaluation through the module's
+    Lightning test loop (text once per evaluation, each image once). Reference (trainers/maple.py,
+    PromptSRC/trainers/promptsrc.py CustomCLIP.forward): the same learner and weights on a FrozenCLIP with both
+    speed-ups off (all 77 text positions, no prefix reuse), fp32, unfused attention, and in evaluation the text
+    encoder run again for every test batch of --deep-eval-batch (Dassl's test batch size is 100).
+    """
+    from promptlab.methods.maple import MaPLePrompts
+    from promptlab.methods.promptsrc import PromptSRCPrompts
+
+    b, r, size = args.deep_batch, args.repeats, clip.image_size
+    names = _classnames(args.classes)
+    clip_ref = FrozenCLIP(clip.model, clip.tokenizer, clip.checkpoint_id, truncate_text=False, share_prefix=False)
+    # The reference's depths (9 in both towers) where the backbone has that many blocks, else all of them.
+    text_depth, vision_depth = min(9, clip.text_layers), min(9, clip.vision_layers)
+    maple_depth = min(text_depth, vision_depth)
+
+    def build(kind: str, model: FrozenCLIP):
+        if kind == "maple":
+            learner = MaPLePrompts(model, depth=maple_depth, init_seed=0)
+        else:
+            learner = PromptSRCPrompts(model, text_depth=text_depth, vision_depth=vision_depth, gpa=False,
+                                       init_seed=0)
+        learner.set_classnames(model, names)
+        return learner.to(device)
+
+    learners = {(kind, path): build(kind, model) for kind in ("maple", "promptsrc")
+                for path, model in (("ours", clip), ("ref", clip_ref))}
+    images = torch.randn(args.deep_images, 3, size, size)  # in host memory, as loaded images would be
+    x = torch.randn(b, 3, size, size, device=device)
+    y = torch.randint(len(names), (b,), device=device)
+
+    def train_step(learner, model: FrozenCLIP, context) -> Callable[[], None]:
+        """One optimisation step as PromptLearningModule.training_step computes its loss."""
+        optimizer = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+        extra = getattr(learner, "loss_terms", None)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with context():
+                feats = learner.encode_images(model, x)
+                text = learner(model, feats).float()
+                logits = logits_from_features(feats, text, model.logit_scale())
+                loss = F.cross_entropy(logits, y)
+                if extra is not None:
+                    loss = loss + sum(extra(model, x, feats, text, logits).values())
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    precision = {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(args.precision, "32")
+    loader = DataLoader(_ImageTensors(images), batch_size=args.deep_eval_batch)
+
+    def evaluate(learner) -> Callable[[], None]:
+        def run() -> None:
+            trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, logger=False,
+                                enable_progress_bar=False, enable_model_summary=False)
+            trainer.test(PromptLearningModule(clip, learner), dataloaders=loader, verbose=False)
+        return run
+
+    def reference_evaluate(learner) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad(), _reference_attention():
+                for batch in loader:
+                    image = batch["image"].to(device)
+                    logits_from_features(learner.encode_images(clip_ref, image), learner(clip_ref).float(),
+                                         clip_ref.logit_scale()).argmax(dim=-1)
+        return run
+
+    fns: dict[str, Callable[[], None]] = {}
+    for kind in ("maple", "promptsrc"):
+        fns[f"train_{kind}"] = train_step(learners[kind, "ours"], clip, lambda: amp)
+        fns[f"train_{kind}_ref"] = train_step(learners[kind, "ref"], clip_ref, _reference_attention)
+        fns[f"eval_{kind}"] = evaluate(learners[kind, "ours"])
+        fns[f"eval_{kind}_ref"] = reference_evaluate(learners[kind, "ref"])
+    t = timed_interleaved(fns, device, r)
+    n = args.deep_images
+    out: dict[str, float | str] = {
+        "deep_conditions": (
+            f"{clip.name} ({clip.text_layers} text / {clip.vision_layers} image blocks, {size}px), {len(names)} "
+            f"classes; MaPLe depth {maple_depth} (2 text tokens from 'a photo of a'), PromptSRC 4+4 tokens depth "
+            f"{text_depth}/{vision_depth} with its three loss terms (GPA is per epoch, not timed); training: one "
+            f"step of batch {b}; evaluation: {n} in-memory images in batches of {args.deep_eval_batch}; "
+            f"promptlab at precision {args.precision} with text truncation and prefix reuse; reference path: fp32, "
+            f"77 text tokens, no prefix reuse, unfused attention, text re-encoded per test batch; "
+            f"{torch.get_num_threads()} thread(s), rows run in turn, median of {r} rounds after a warm-up round"),
+    }
+    for kind in ("maple", "promptsrc"):
+        out |= {
+            f"deep_train_{kind}_img_s": b / t[f"train_{kind}"],
+            f"deep_train_{kind}_reference_img_s": b / t[f"train_{kind}_ref"],
+            f"deep_eval_{kind}_img_s": n / t[f"eval_{kind}"],
+            f"deep_eval_{kind}_reference_img_s": n / t[f"eval_{kind}_ref"],
+            f"ratio_deep_train_{kind}_vs_reference_speed": t[f"train_{kind}_ref"] / t[f"train_{kind}"],
+            f"ratio_deep_eval_{kind}_vs_reference_speed": t[f"eval_{kind}_ref"] / t[f"eval_{kind}"],
+        }
+    return out
+
+
 #: The targets of the augmented path (issue "fast augmented training"): (key, comparison, bound, text).
 TARGETS = (
     ("ratio_aug_coop_vs_floor_time", "<=", 1.3, "augmented CoOp step within 1.3x of the bare encoder forward"),
@@ -392,8 +508,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1 is steadiest)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rows", default="all", choices=["all", "features", "augmented"],
-                        help="features: evaluation and training on frozen features; augmented: the augmented path")
+    parser.add_argument("--rows", default="all", choices=["all", "features", "augmented", "deep"],
+                        help="features: evaluation and training on frozen features; augmented: the augmented path; "
+                             "deep: MaPLe and PromptSRC against the reference's per-step path")
+    parser.add_argument("--deep-batch", type=int, default=4, help="training batch of the deep rows (reference: 4)")
+    parser.add_argument("--deep-images", type=int, default=1000, help="evaluation images of the deep rows")
+    parser.add_argument("--deep-eval-batch", type=int, default=100,
+                        help="evaluation batch of the deep rows (Dassl's test batch size: 100)")
     parser.add_argument("--aug-images", type=int, default=64, help="generated 500x375 JPEGs of the augmented rows")
     parser.add_argument("--cocoop-reference-images", type=int, default=32,
                         help="images of the reference CoCoOp per-image loop (it is slow on large models)")

@@ -13,6 +13,7 @@ LAUNCH_KEYS: tuple[str, ...] = (
     "paths.data_root",  # the same data under another root gives the same results
     "loader.num_workers",
     "loader.pin_memory",
+    "method.loader.decoded_cache_disk",  # where decoded training images are kept, not what they are
     "trainer.enable_progress_bar",
     "num_threads",
     "analysis",

@@ -17,6 +17,14 @@ With z_c the zero-shot prototype of class c (the dataset's template) and w_c the
 Instance-conditional learners (CoCoOp) give one prototype per image, w_c(x): every statistic is then
 averaged over the test images, and capture uses the per-image logits.
 
+Learners with image-tower tokens (`encodes_images`: VPT, IVLP, MaPLe, PromptSRC) score with *prompted* image
+features v'(x), not the frozen v(x): the learned scores (capture, accuracy, examples) use v'(x), the zero-shot
+ones v(x), so the learned accuracies are those the run recorded. The text drift above is unchanged (it
+compares class-text embeddings only; VPT's fixed text has none against the same template); the image side's
+move is reported as image drift, 1 - cos(v(x), v'(x)) averaged over the base and the novel test images.
+Learners that score images themselves (`direct_logits`: linear probe, Tip-Adapter) have no class-text
+embeddings to compare and are refused.
+
 This module is pure computation (`analyze`); `report.py` writes analysis.json, summary.md and the PNGs;
 `runs.py` connects both to training runs and finished run dirs.
 """
@@ -180,15 +188,18 @@ def drift_statistics(
 # --------------------------------------------------------------------------- scoring images
 @dataclass
 class Scores:
-    """Cosines of test images with the zero-shot and with the learned prototypes, [N, C] each."""
+    """Cosines of test images with the zero-shot and with the learned prototypes, [N, C] each; for a learner
+    that encodes images itself, `image_cosine` [N] is cos(frozen, prompted) of each image (else None)."""
 
     zeroshot: torch.Tensor
     learned: torch.Tensor
     sums: DriftSums
+    image_cosine: torch.Tensor | None = None
 
     def rows(self, index: slice) -> Scores:
         """The scores of some of the images (the drift sums stay those of all images)."""
-        return Scores(self.zeroshot[index], self.learned[index], self.sums)
+        image_cosine = None if self.image_cosine is None else self.image_cosine[index]
+        return Scores(self.zeroshot[index], self.learned[index], self.sums, image_cosine)
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -197,31 +208,55 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def score_images(
-    clip: FrozenCLIP, learner: PromptLearner, zeroshot: torch.Tensor, features: torch.Tensor
+    clip: FrozenCLIP, learner: PromptLearner, zeroshot: torch.Tensor, features: torch.Tensor,
+    learned_features: torch.Tensor | None = None,
 ) -> Scores:
     """Score images among the learner's current class list, accumulating the drift sums on the way.
 
+    `features` are the frozen image features (zero-shot scores); `learned_features` the ones the learner
+    scores with when it encodes images itself (same images, same order; None: the frozen ones).
     A static learner gives one set of prototypes (one drift sample); an instance-conditional one gives
     prototypes per image, computed in chunks of at most PROMPTS_PER_CHUNK image x class prompts.
     """
     device = _device_of(clip)
     features = features.to(device).float()
+    image_cosine = None
+    if learned_features is None:
+        learned_features = features
+    else:
+        learned_features = learned_features.to(device).float()
+        if learned_features.shape != features.shape:
+            raise AnalysisError(f"{learned_features.shape[0]} prompted image features for {features.shape[0]} "
+                                "frozen ones: both must come from the same evaluation images, in the same order.")
+        image_cosine = torch.nn.functional.cosine_similarity(features, learned_features, dim=-1).cpu()
     zeroshot = zeroshot.to(device).float()
     sums = DriftSums(zeroshot.cpu())
     zs_cos = (features @ zeroshot.t()).cpu()
     if not learner.instance_conditional:
         learned = learner(clip, None).float()
         sums.add(learned.unsqueeze(0))
-        return Scores(zs_cos, (features @ learned.t()).cpu(), sums)
+        return Scores(zs_cos, (learned_features @ learned.t()).cpu(), sums, image_cosine)
     chunk = max(1, PROMPTS_PER_CHUNK // max(zeroshot.shape[0], 1))
     parts = []
-    for start in range(0, features.shape[0], chunk):
-        feats = features[start : start + chunk]
+    for start in range(0, learned_features.shape[0], chunk):
+        feats = learned_features[start : start + chunk]
         learned = learner(clip, feats).float()  # [B, C, D]
         sums.add(learned)
         parts.append(torch.einsum("bd,bcd->bc", feats, learned).cpu())
     learned_cos = torch.cat(parts) if parts else torch.empty(0, zeroshot.shape[0])
-    return Scores(zs_cos, learned_cos, sums)
+    return Scores(zs_cos, learned_cos, sums, image_cosine)
+
+
+def image_drift(image_cosine: torch.Tensor | None) -> dict[str, Any] | None:
+    """Image drift of a group of test images: 1 - cos(frozen, prompted feature), mean/min/max over the images
+    (None for a learner that scores frozen features)."""
+    if image_cosine is None:
+        return None
+    if image_cosine.numel() == 0:
+        return {"n_images": 0, "cosine_mean": None, "cosine_min": None, "cosine_max": None, "drift_mean": None}
+    cos = image_cosine.double()
+    return {"n_images": int(cos.numel()), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "cosine_max": float(cos.max()), "drift_mean": 1.0 - float(cos.mean())}
 
 
 def _kept_items(eval_set: EvalSet, n_features: int) -> list:
@@ -387,6 +422,14 @@ def _examples(
 
 
 # --------------------------------------------------------------------------- analyze
+def _check_same_images(eval_set: EvalSet, labels: torch.Tensor, learned_labels: torch.Tensor) -> None:
+    """Frozen and prompted features must describe the same images in the same order (their labels agree)."""
+    if not torch.equal(labels.cpu(), learned_labels.cpu()):
+        raise AnalysisError(f"{eval_set.name}: the prompted image features are not those of the frozen ones' images "
+                            f"({learned_labels.numel()} against {labels.numel()} labels, or another order); build "
+                            "both from the same evaluation set.")
+
+
 def _split_eval_sets(eval_sets: Sequence[EvalSet]) -> tuple[EvalSet, EvalSet] | None:
     base = [e for e in eval_sets if e.subset == "base"]
     novel = [e for e in eval_sets if e.subset == "novel"]
@@ -404,22 +447,36 @@ def analyze(
     dataset_dir: Path | None = None,
     n_examples: int = 6,
     seed: int = 0,
+    learned_features_fn: FeaturesFn | None = None,
 ) -> dict[str, Any]:
     """All diagnostics as a JSON-ready dict (no files).
 
-    A base/novel pair of evaluation sets (base2novel) gets drift per group, base capture and worked
-    examples; any other protocol gets the drift of each evaluation on its own class list. The learner's
-    class list is restored afterwards.
+    `features_fn` gives the frozen image features and labels of an evaluation set; `learned_features_fn`,
+    required for a learner that encodes images itself (`encodes_images`), the features it scores with (same
+    images, same order). A base/novel pair of evaluation sets (base2novel) gets drift per group, base capture
+    and worked examples; any other protocol gets the drift of each evaluation on its own class list. The
+    learner's class list is restored afterwards.
     """
+    if learner.direct_logits:
+        raise AnalysisError(f"{type(learner).__name__} scores images itself (direct_logits): it has no class-text "
+                            "embeddings for the drift diagnostics to compare; analyse a prompt-learning run.")
+    encodes_images = bool(getattr(learner, "encodes_images", False))
+    if encodes_images and learned_features_fn is None:
+        raise AnalysisError(f"{type(learner).__name__} encodes images through its own image-tower tokens: pass "
+                            "learned_features_fn (promptlab.analysis.runs.prompted_features_fn) so that the learned "
+                            "scores use the image features the method scores with.")
+    if not encodes_images:
+        learned_features_fn = None  # frozen features score both sides
     templates = list(zeroshot_templates)
     previous_classnames, was_training = list(learner.classnames), learner.training
     learner.eval()
     try:
         pair = _split_eval_sets(eval_sets)
         if pair is not None:
-            body = _analyze_base2novel(clip, learner, templates, *pair, features_fn, dataset_dir, n_examples, seed)
+            body = _analyze_base2novel(clip, learner, templates, *pair, features_fn, learned_features_fn,
+                                       dataset_dir, n_examples, seed)
         else:
-            body = _analyze_per_evaluation(clip, learner, templates, eval_sets, features_fn)
+            body = _analyze_per_evaluation(clip, learner, templates, eval_sets, features_fn, learned_features_fn)
     finally:
         learner.train(was_training)
         if previous_classnames:
@@ -428,13 +485,15 @@ def analyze(
         "schema": SCHEMA_VERSION,
         "learner": type(learner).__name__,
         "instance_conditional": bool(learner.instance_conditional),
+        "encodes_images": encodes_images,
         "templates": templates,
     } | body
 
 
 def _analyze_base2novel(
     clip: FrozenCLIP, learner: PromptLearner, templates: list[str], base: EvalSet, novel: EvalSet,
-    features_fn: FeaturesFn, dataset_dir: Path | None, n_examples: int, seed: int,
+    features_fn: FeaturesFn, learned_features_fn: FeaturesFn | None, dataset_dir: Path | None, n_examples: int,
+    seed: int,
 ) -> dict[str, Any]:
     n_base = len(base.classnames)
     classnames = list(base.classnames) + list(novel.classnames)
@@ -442,11 +501,18 @@ def _analyze_base2novel(
     # n_base + l of the full list.
     base_feats, base_labels = features_fn(base)
     novel_feats, novel_labels = features_fn(novel)
+    learned_feats = None
+    if learned_features_fn is not None:
+        learned_base, learned_base_labels = learned_features_fn(base)
+        learned_novel, learned_novel_labels = learned_features_fn(novel)
+        _check_same_images(base, base_labels, learned_base_labels)
+        _check_same_images(novel, novel_labels, learned_novel_labels)
+        learned_feats = torch.cat([learned_base, learned_novel])
     base_items, novel_items = _kept_items(base, base_labels.numel()), _kept_items(novel, novel_labels.numel())
     novel_labels = novel_labels + n_base
     zeroshot = template_embeddings(clip, templates, classnames)
     learner.set_classnames(clip, classnames)
-    scores = score_images(clip, learner, zeroshot, torch.cat([base_feats, novel_feats]))
+    scores = score_images(clip, learner, zeroshot, torch.cat([base_feats, novel_feats]), learned_feats)
     n_base_images = base_labels.numel()
     groups = {"base": range(n_base), "novel": range(n_base, len(classnames))}
     drift = drift_report(scores.sums, classnames, groups, "base", per_sample=learner.instance_conditional)
@@ -478,6 +544,9 @@ def _analyze_base2novel(
         "mode": "base2novel",
         "dataset": base.dataset,
         "drift": drift,
+        "image_drift": (None if scores.image_cosine is None else
+                        {"base": image_drift(base_scores.image_cosine),
+                         "novel": image_drift(novel_scores.image_cosine)}),
         "accuracy": accuracy,
         "capture": capture,
         "examples": examples,
@@ -486,14 +555,18 @@ def _analyze_base2novel(
 
 def _analyze_per_evaluation(
     clip: FrozenCLIP, learner: PromptLearner, templates: list[str], eval_sets: Sequence[EvalSet],
-    features_fn: FeaturesFn,
+    features_fn: FeaturesFn, learned_features_fn: FeaturesFn | None,
 ) -> dict[str, Any]:
     evaluations = []
     for eval_set in eval_sets:
         feats, labels = features_fn(eval_set)
+        learned_feats = None
+        if learned_features_fn is not None:
+            learned_feats, learned_labels = learned_features_fn(eval_set)
+            _check_same_images(eval_set, labels, learned_labels)
         zeroshot = template_embeddings(clip, templates, eval_set.classnames)
         learner.set_classnames(clip, eval_set.classnames)
-        scores = score_images(clip, learner, zeroshot, feats)
+        scores = score_images(clip, learner, zeroshot, feats, learned_feats)
         every = slice(0, len(eval_set.classnames))
         evaluations.append({
             "name": eval_set.name,
@@ -501,6 +574,7 @@ def _analyze_per_evaluation(
             "n_images": int(labels.numel()),
             "drift": drift_report(scores.sums, eval_set.classnames, {eval_set.name: range(len(eval_set.classnames))},
                                   eval_set.name, per_sample=learner.instance_conditional),
+            "image_drift": image_drift(scores.image_cosine),
             "accuracy": {"zeroshot": _accuracy(scores.zeroshot, labels, every),
                          "learned": _accuracy(scores.learned, labels, every)},
         })

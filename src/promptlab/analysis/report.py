@@ -26,6 +26,9 @@ def headline_numbers(analysis: Mapping[str, Any]) -> dict[str, float]:
             out[f"analysis/capture_{name}"] = capture[name]["fraction"]
             out[f"analysis/confused_{name}"] = capture[name]["confused_fraction"]
             out[f"analysis/novel_acc_{name}"] = capture[name]["novel_acc"]
+        for group, stats in (analysis.get("image_drift") or {}).items():
+            if stats and stats["cosine_mean"] is not None:
+                out[f"analysis/{group}_image_cosine_mean"] = stats["cosine_mean"]
         return out
     for evaluation in analysis["evaluations"]:
         stats = evaluation["drift"]["groups"][evaluation["name"]]
@@ -98,6 +101,15 @@ def summary_markdown(analysis: Mapping[str, Any]) -> str:
     if drift["per_image"]:
         lines.append("Part of the squared move that varies from image to image: "
                      + ", ".join(f"{g} {_pct(s.get('instance_share'))}" for g, s in drift["groups"].items()) + ".")
+    if analysis.get("image_drift"):
+        # Image-tower tokens (VPT, IVLP, MaPLe, PromptSRC): the learned scores use the prompted image features.
+        lines += ["", "## Image drift (cosine between frozen and prompted image features; learned scores use the "
+                  "prompted ones)", "", "| test images | images | cos mean | cos min | cos max |",
+                  "|---|---|---|---|---|"]
+        for group, s in analysis["image_drift"].items():
+            if s and s["n_images"]:
+                lines.append(f"| {group} | {s['n_images']} | {s['cosine_mean']:.4f} | {s['cosine_min']:.4f} | "
+                             f"{s['cosine_max']:.4f} |")
     zs, learned, n_novel = capture["zeroshot"], capture["learned"], capture["n_novel_images"]
     lines += ["", "## Base capture (novel test images scored among all classes)", "",
               "| | zero-shot | learned |", "|---|---|---|",

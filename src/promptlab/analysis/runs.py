@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
-from promptlab.analysis.drift import AnalysisError, analyze
+from promptlab.analysis.drift import AnalysisError, FeaturesFn, analyze
 from promptlab.analysis.report import write_analysis
 from promptlab.errors import MissingPathError
 from promptlab.interpret import prompt_words
@@ -18,6 +19,37 @@ from promptlab.interpret import prompt_words
 log = logging.getLogger(__name__)
 
 ANALYSIS_DIRNAME = "analysis"
+
+
+def prompted_features_fn(datamodule: Any, clip: Any, learner: Any) -> FeaturesFn | None:
+    """The image features a learner with image-tower tokens (`encodes_images`) scores with: each evaluation
+    image read with the test transform and encoded through the learner, as the run's test loop does (same
+    items and order as `datamodule.eval_features`, same autocast). None for a learner that scores frozen features."""
+    if not getattr(learner, "encodes_images", False):
+        return None
+    from promptlab.data.image_dataset import ImageDataset
+    from promptlab.engine.features import autocast_context
+
+    def features(eval_set: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        dataset = ImageDataset(eval_set.items, datamodule.test_transform, on_error=datamodule.on_error,
+                               check_cache_dir=datamodule.cache_dir)
+        labels = torch.tensor([item.label for item in dataset.items], dtype=torch.long)
+        loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, shuffle=False,
+                            num_workers=datamodule.num_workers)
+        device = next(clip.parameters()).device
+        was_training = learner.training
+        learner.eval()
+        parts = []
+        try:
+            with torch.no_grad(), autocast_context(datamodule.precision, device):
+                for batch in loader:
+                    parts.append(learner.encode_images(clip, batch["image"].to(device)).float().cpu())
+        finally:
+            learner.train(was_training)
+        return (torch.cat(parts) if parts else torch.empty(0, clip.embed_dim)), labels
+
+    return features
+
 
 def _run_info(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("method", "dataset", "protocol", "shots", "seed", "epochs", "backbone")
@@ -29,7 +61,8 @@ def analyze_run_objects(run_dir: Path, cfg: Any, result: Mapping[str, Any]) -> d
     data, datamodule = result["data"], result["datamodule"]
     dataset_dir = data.source_splits.dataset_dir if data.source_splits is not None else None
     analysis = analyze(result["clip"], result["learner"], list(cfg.dataset.templates), data.eval_sets,
-                       datamodule.eval_features, dataset_dir=dataset_dir, seed=int(cfg.seed))
+                       datamodule.eval_features, dataset_dir=dataset_dir, seed=int(cfg.seed),
+                       learned_features_fn=prompted_features_fn(datamodule, result["clip"], result["learner"]))
     analysis["run"] = _run_info(Path(run_dir), result.get("summary") or {})
     analysis["prompt_words"] = prompt_words(result["clip"], result["learner"])
     paths = write_analysis(analysis, Path(run_dir) / ANALYSIS_DIRNAME)
@@ -70,7 +103,11 @@ def analyze_run_dir(run_dir: Path, n_examples: int = 6) -> dict[str, Path]:
     record = _complete_record(run_dir)
     cfg = typed(record["config"])
     prompt_path = run_dir / "prompt_learner.pt"
-    trainable = get_class(cfg.method.learner._target_).trainable
+    learner_class = get_class(cfg.method.learner._target_)
+    if learner_class.direct_logits:
+        raise AnalysisError(f"{run_dir}: method {cfg.method.name!r} scores images itself (direct_logits), without "
+                            "class-text embeddings: the drift diagnostics do not apply to it.")
+    trainable = learner_class.trainable
     if trainable and not prompt_path.is_file():
         raise AnalysisError(f"{run_dir}: method {cfg.method.name!r} learns a prompt but {prompt_path.name} is missing; "
                             "it is written at the end of training: rerun the job with resume=false.")
@@ -82,7 +119,8 @@ def analyze_run_dir(run_dir: Path, n_examples: int = 6) -> dict[str, Path]:
     dataset_dir = data.source_splits.dataset_dir if data.source_splits is not None else None
     analysis = analyze(parts.clip, parts.learner, list(cfg.dataset.templates), data.eval_sets,
                        parts.datamodule.eval_features, dataset_dir=dataset_dir, n_examples=n_examples,
-                       seed=int(cfg.seed))
+                       seed=int(cfg.seed),
+                       learned_features_fn=prompted_features_fn(parts.datamodule, parts.clip, parts.learner))
     analysis["run"] = _run_info(run_dir, record["summary"])
     analysis["prompt_words"] = prompt_words(parts.clip, parts.learner)
     return write_analysis(analysis, run_dir / ANALYSIS_DIRNAME)

@@ -16,7 +16,7 @@ import argparse
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,14 @@ from promptlab.results.metrics import harmonic_mean
 from promptlab.results.records import scan_records
 from promptlab.results.table import BASE2NOVEL, ResultTable, Row, RunValues, build_table
 
-METHOD_ORDER = ("zeroshot", "coop", "cocoop", "kgcoop")  # the table's method order (results.table) agrees
-MEASURES = ("base", "novel", "hm", "novel_drift", "novel_capture")
-# Study measures that are not base2novel record metrics: read from each run's analysis.json.
-ANALYSIS_MEASURES = ("novel_drift", "novel_capture")
+# The study's row order: text-prompt learners, then those with image-tower tokens; other methods follow in the
+# table's order (results.table).
+METHOD_ORDER = ("zeroshot", "coop", "cocoop", "kgcoop", "prograd", "vpt", "ivlp", "ivlp_language", "maple",
+                "promptsrc")
+MEASURES = ("base", "novel", "hm", "novel_drift", "novel_capture", "novel_image_drift")
+# Study measures that are not base2novel record metrics: read from each run's analysis.json. Image drift exists
+# only for learners with image-tower tokens (VPT, IVLP, MaPLe, PromptSRC): 1 - cos(frozen, prompted feature).
+ANALYSIS_MEASURES = ("novel_drift", "novel_capture", "novel_image_drift")
 
 
 @dataclass
@@ -50,6 +54,8 @@ class StudyRow:
     # Per-seed differences against zero-shot at the same strength (learned - zero-shot).
     delta_base: list[float] = field(default_factory=list)
     delta_novel: list[float] = field(default_factory=list)
+    # Each seed's own values (seed -> measure -> value): the per-seed table.
+    per_seed: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def analysis_metrics(record: Mapping[str, Any]) -> dict[str, float]:
@@ -58,10 +64,14 @@ def analysis_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     if not path.is_file():
         return {}
     analysis = json.loads(path.read_text())
-    return {
+    out = {
         "novel_drift": analysis["drift"]["groups"]["novel"]["drift_mean"],
         "novel_capture": 100.0 * analysis["capture"]["learned"]["fraction"],
     }
+    image = (analysis.get("image_drift") or {}).get("novel")
+    if image and image.get("drift_mean") is not None:
+        out["novel_image_drift"] = image["drift_mean"]
+    return out
 
 
 def study_table(dirs: Iterable[str | os.PathLike[str]]) -> ResultTable:
@@ -89,6 +99,9 @@ def rows_from_table(table: ResultTable) -> list[StudyRow]:
     """The study rows of a study table (its dataset rows, in the table's order), with the per-seed
     differences of each learned method against zero-shot on the same dataset and strength."""
     rows = [r for r in table.rows if not r.is_average]
+    # Stable: the table's order (dataset, strength) within each method of METHOD_ORDER.
+    rows.sort(key=lambda r: METHOD_ORDER.index(r.keys["method"]) if r.keys["method"] in METHOD_ORDER
+              else len(METHOD_ORDER))
     zeroshot: dict[tuple[Any, float, Any], RunValues] = {}
     zeroshot_any: dict[tuple[Any, float], RunValues] = {}  # zero-shot does not depend on the seed
     for row in rows:
@@ -105,6 +118,7 @@ def rows_from_table(table: ResultTable) -> list[StudyRow]:
             row.keys["method"], row.labels["method"], _spurious(row), [int(r.seed) for r in runs],
             mean={m: c.mean for m, c in present.items()},
             std={m: c.std if c.std is not None else 0.0 for m, c in present.items()},
+            per_seed={int(r.seed): {m: r.values[m] for m in MEASURES if m in r.values} for r in runs},
         )
         if row.keys["method"] != "zeroshot":
             for run in runs:
@@ -138,19 +152,40 @@ def _range(values: list[float]) -> str:
 
 def to_markdown(rows: list[StudyRow]) -> str:
     lines = [
-        "| Method | Spurious | Base | Novel | HM | Novel drift (1-cos, x100) | Novel captured by base (%) "
-        "| Δbase vs ZS (min..max over seeds) | Δnovel vs ZS (min..max) | Seeds |",
-        "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Method | Spurious | Base | Novel | HM | Novel drift (1-cos, x100) | Novel image drift (1-cos, x100) "
+        "| Novel captured by base (%) | Δbase vs ZS (min..max over seeds) | Δnovel vs ZS (min..max) | Seeds |",
+        "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row.method_display} | {row.spurious:g} | {_cell(row, 'base')} | {_cell(row, 'novel')} | "
-            f"{_cell(row, 'hm')} | {_cell(row, 'novel_drift', 100.0, 2)} | {_cell(row, 'novel_capture')} | "
+            f"{_cell(row, 'hm')} | {_cell(row, 'novel_drift', 100.0, 2)} | "
+            f"{_cell(row, 'novel_image_drift', 100.0, 2)} | {_cell(row, 'novel_capture')} | "
             f"{_range(row.delta_base)} | {_range(row.delta_novel)} | {len(row.seeds)} |"
         )
     lines.append("")
     lines.append("mean ± population std over seeds (few-shot selections); zero-shot is the same on every seed. "
-                 "HM = mean of per-seed HMs. Drift and capture come from each run's analysis.json.")
+                 "HM = mean of per-seed HMs. Drift and capture come from each run's analysis.json: drift compares "
+                 "the class-text prototypes with zero-shot ones; image drift (methods with image-tower tokens only) "
+                 "compares each novel test image's prompted feature with its frozen one; capture scores novel "
+                 "images among all classes with the features the method scores with.")
+    return "\n".join(lines) + "\n"
+
+
+def _value(values: Mapping[str, float], measure: str, scale: float = 1.0, digits: int = 1) -> str:
+    return f"{values[measure] * scale:.{digits}f}" if measure in values else "–"
+
+
+def per_seed_markdown(rows: list[StudyRow]) -> str:
+    """Every run of the study: one line per method, strength and seed."""
+    lines = ["| Method | Spurious | Seed | Base | Novel | HM | Novel drift (x100) | Novel image drift (x100) "
+             "| Novel captured by base (%) |", "|:---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        for seed, values in sorted(row.per_seed.items()):
+            lines.append(
+                f"| {row.method_display} | {row.spurious:g} | {seed} | {_value(values, 'base')} | "
+                f"{_value(values, 'novel')} | {_value(values, 'hm')} | {_value(values, 'novel_drift', 100.0, 2)} | "
+                f"{_value(values, 'novel_image_drift', 100.0, 2)} | {_value(values, 'novel_capture')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -160,39 +195,49 @@ def plot_study(rows: list[StudyRow], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_novel, ax_drift, ax_base) = plt.subplots(1, 3, figsize=(14, 4.2))
     methods = list(dict.fromkeys(r.method for r in rows))
-    for method in methods:
+    with_image = [m for m in methods if all("novel_image_drift" in r.mean for r in rows if r.method == m)]
+    panels = 4 if with_image else 3
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.6))
+    ax_novel, ax_drift, ax_base = axes[0], axes[1], axes[-1]
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    for index, method in enumerate(methods):
         mine = sorted((r for r in rows if r.method == method), key=lambda r: r.spurious)
         xs = [r.spurious for r in mine]
-        label = mine[0].method_display
-        ax_novel.errorbar(xs, [r.mean["novel"] for r in mine], yerr=[r.std["novel"] for r in mine],
-                          marker="o", capsize=3, label=label)
-        ax_base.errorbar(xs, [r.mean["base"] for r in mine], yerr=[r.std["base"] for r in mine],
-                         marker="o", capsize=3, label=label)
-        if all("novel_drift" in r.mean for r in mine):
-            ax_drift.errorbar(xs, [100 * r.mean["novel_drift"] for r in mine],
-                              yerr=[100 * r.std["novel_drift"] for r in mine], marker="o", capsize=3, label=label)
+        # One colour per method in every panel (the image-drift panel shows only some methods).
+        style = {"marker": "o", "capsize": 3, "label": mine[0].method_display, "color": colours(index)}
+        ax_novel.errorbar(xs, [r.mean["novel"] for r in mine], yerr=[r.std["novel"] for r in mine], **style)
+        ax_base.errorbar(xs, [r.mean["base"] for r in mine], yerr=[r.std["base"] for r in mine], **style)
+        for ax, measure in ((ax_drift, "novel_drift"), (axes[2], "novel_image_drift")):
+            if (measure == "novel_drift" or method in with_image) and all(measure in r.mean for r in mine):
+                ax.errorbar(xs, [100 * r.mean[measure] for r in mine],
+                            yerr=[100 * r.std[measure] for r in mine], **style)
     ax_novel.set(title="Novel accuracy (among novel classes)", xlabel="spurious strength", ylabel="top-1 %")
-    ax_drift.set(title="Drift of novel prototypes", xlabel="spurious strength",
+    ax_drift.set(title="Drift of novel class-text prototypes", xlabel="spurious strength",
                  ylabel="100 x (1 - cos(learned, zero-shot))")
+    if with_image:
+        axes[2].set(title="Drift of novel image features\n(image-tower prompts only)", xlabel="spurious strength",
+                    ylabel="100 x (1 - cos(prompted, frozen))")
     ax_base.set(title="Base accuracy", xlabel="spurious strength", ylabel="top-1 %")
-    for ax in (ax_novel, ax_drift, ax_base):
+    for ax in axes:
         ax.grid(alpha=0.3)
-    ax_novel.legend()
+    handles, labels = ax_novel.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 5), frameon=False)
     fig.suptitle("Toy world: a spurious background/size rule on the base classes")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12 if len(methods) > 5 else 0.08, 1, 1))
     buffer = io.BytesIO()  # rendered in memory, then replaced atomically (never half a PNG on disk)
     fig.savefig(buffer, dpi=110, format="png")
     plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_study(sweep_dir: Path, out_dir: Path | None = None, quiet: bool = False) -> dict[str, Path]:
-    """Write study.md / study.json / study.png for a sweep dir; print the table and the figure path."""
-    out_dir = Path(out_dir or sweep_dir)
-    rows = study_rows([Path(sweep_dir)])
-    markdown = to_markdown(rows)
+def write_study(sweep_dir: Path | Sequence[Path], out_dir: Path | None = None, quiet: bool = False) -> dict[str, Path]:
+    """Write study.md / study.json / study.png for a sweep dir, or several (e.g. `make study` and `make study-all`
+    sweeps together; by default into the first); print the table and the figure path."""
+    dirs = [Path(sweep_dir)] if isinstance(sweep_dir, (str, os.PathLike)) else [Path(d) for d in sweep_dir]
+    out_dir = Path(out_dir or dirs[0])
+    rows = study_rows(dirs)
+    markdown = to_markdown(rows) + "\n## Per seed\n\n" + per_seed_markdown(rows)
     paths = {"markdown": out_dir / "study.md", "json": out_dir / "study.json", "figure": out_dir / "study.png"}
     atomic_write_text(paths["markdown"], markdown)
     atomic_write_json(paths["json"], [row.__dict__ for row in rows], indent=1)
@@ -220,11 +265,12 @@ class StudyOnMultirunEnd(Callback):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Table and figure of a spurious-strength study sweep.")
-    parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="sweep_dir",
+                        help="one or more sweep dirs; a (method, strength, seed) must not be in two of them")
+    parser.add_argument("--out", type=Path, default=None, help="where study.{md,json,png} go (default: the first dir)")
     args = parser.parse_args(argv)
     try:
-        write_study(args.sweep_dir, args.out)
+        write_study(args.sweep_dirs, args.out)
     except PromptlabError as err:
         if full_error_requested():
             raise

@@ -15,6 +15,9 @@ The backbone: a Dassl checkpoint does not say which CLIP it was trained on. The 
 and checks the checkpoint against it: the context width must be the backbone's, and `token_prefix` (saved by
 the reference from its own CLIP) must equal this backbone's start-token embedding. The prompt file then carries
 that backbone's fingerprint, so promptlab-train refuses it on any other backbone as it does for its own prompts.
+
+MaPLe, IVLP (deep language), PromptSRC and VPT checkpoints hold the whole CustomCLIP, frozen CLIP included, and keep
+some tokens inside the encoders: deep_checkpoint.py maps them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ from typing import Any
 import torch
 
 from promptlab.errors import ConfigError, MissingPathError
+from promptlab.reference_import.deep_checkpoint import (
+    DEEP_METHODS,
+    check_deep_backbone,
+    deep_learner_state,
+    guess_deep_method,
+)
 from promptlab.reference_import.unpickler import torch_load
 
 log = logging.getLogger(__name__)
@@ -75,10 +84,14 @@ class DasslCheckpoint:
         for key in ("token_prefix", "token_suffix"):
             if key in self.state_dict:
                 return int(self.state_dict[key].shape[0])
-        return int(self.ctx.shape[0]) if self.csc else None
+        return int(self.ctx.shape[0]) if "ctx" in self.state_dict and self.csc else None
 
     def guess_method(self) -> str:
-        """cocoop when the meta-net has its second layer (KgCoOp's unused meta-net has only linear1), else coop."""
+        """The deep-prompt trainer its keys name (deep_checkpoint.guess_deep_method); else cocoop when the meta-net
+        has its second layer (KgCoOp's unused meta-net has only linear1), else coop."""
+        deep = guess_deep_method(set(self.state_dict))
+        if deep is not None:
+            return deep
         return "cocoop" if any(k.startswith("meta_net.linear2.") for k in self.state_dict) else "coop"
 
 
@@ -98,9 +111,10 @@ def read_dassl_checkpoint(path: Path) -> DasslCheckpoint:
         if not isinstance(value, torch.Tensor):
             raise ConfigError(f"{path}: state_dict[{key!r}] is a {type(value).__name__}, not a tensor.")
         state[key] = value
-    if "ctx" not in state:
-        raise ConfigError(f"{path} has no 'ctx' in its state_dict (keys: {sorted(state)}): it is not the prompt "
-                          "learner of CoOp, CoCoOp or KgCoOp (pass prompt_learner/model.pth.tar-N).")
+    if "ctx" not in state and guess_deep_method(set(state)) is None:
+        raise ConfigError(f"{path} has no 'ctx' in its state_dict (keys: {sorted(state)[:12]}): it is not the prompt "
+                          "learner of CoOp, CoCoOp, KgCoOp, ProGrad, MaPLe, IVLP, PromptSRC or VPT (pass "
+                          "<run>/<model name>/model.pth.tar-N).")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     epoch = raw.get("epoch")
     return DasslCheckpoint(path=path, state_dict=state, epoch=int(epoch) if isinstance(epoch, int) else None,
@@ -178,13 +192,13 @@ def import_checkpoint(
     from hydra.utils import instantiate
 
     from promptlab.config import compose
-    from promptlab.config.registry import plain
     from promptlab.engine.build import learner_kwargs
-    from promptlab.io import atomic_torch_save
     from promptlab.models import load_clip_from_config
 
     ckpt = read_dassl_checkpoint(path)
     method = method or ckpt.guess_method()
+    if method in DEEP_METHODS:
+        return _import_deep(ckpt, method, Path(out), overrides, classnames)
     state, dropped = learner_state(ckpt, method)
     # Placeholder context text ("X .. X"): the context vectors replace those slots, so the prompt is the same as
     # the reference's whatever phrase it was initialised from (one token per slot, as CoOp's init requires).
@@ -205,15 +219,30 @@ def import_checkpoint(
         names = [f"class_{i}" for i in range(int(ckpt.ctx.shape[0]))]
     learner = instantiate(cfg.method.learner, _convert_="all", clip=clip,
                           **learner_kwargs(cfg.method, names or ["class_0"], int(cfg.seed)))
+    _load_strict(learner, state, ckpt.path, method)
+    layout = check_layout(ckpt, learner, clip, list(classnames or []))
+    return _write_prompt(ckpt, method, out, cfg, clip, learner, names, checked, layout, dropped, shape)
+
+
+def _load_strict(learner: Any, state: dict[str, torch.Tensor], path: Path, method: str) -> None:
     missing, unexpected = learner.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(
             f"{path} does not fit promptlab's {method} learner: missing {sorted(missing)}, unexpected "
-            f"{sorted(unexpected)}. Pass --method (coop, cocoop, kgcoop) matching the reference trainer.")
-    layout = check_layout(ckpt, learner, clip, list(classnames or []))
+            f"{sorted(unexpected)}. Pass --method ({', '.join(METHODS + DEEP_METHODS)}) matching the reference "
+            "trainer.")
+
+
+def _write_prompt(
+    ckpt: DasslCheckpoint, method: str, out: Path, cfg: Any, clip: Any, learner: Any, names: list[str],
+    checked: str, layout: str, dropped: list[str], shape: list[str],
+) -> dict[str, Any]:
+    from promptlab.config.registry import plain
+    from promptlab.io import atomic_torch_save
+
     imported = {
         "format": "dassl",
-        "source": str(Path(path).resolve()),
+        "source": str(ckpt.path.resolve()),
         "source_sha256": ckpt.sha256,
         "epoch": ckpt.epoch,
         "method": method,
@@ -221,6 +250,7 @@ def import_checkpoint(
         "backbone_check": checked,
         "layout_check": layout,
         "dropped_keys": dropped,
+        "learner_overrides": shape,  # the learner shape the prompt loads into (printed by the CLI)
     }
     payload = {
         # The same keys as engine/build.py::save_learner, plus where the prompt came from.
@@ -233,8 +263,48 @@ def import_checkpoint(
         "imported": imported,
     }
     atomic_torch_save(payload, Path(out))
-    log.info("imported %s (%s, epoch %s) to %s", path, method, ckpt.epoch, out)
+    log.info("imported %s (%s, epoch %s) to %s", ckpt.path, method, ckpt.epoch, out)
     return imported
+
+
+def _import_deep(
+    ckpt: DasslCheckpoint, method: str, out: Path, overrides: Sequence[str], classnames: Sequence[str] | None,
+) -> dict[str, Any]:
+    """MaPLe, IVLP, deep language, PromptSRC, VPT (deep_checkpoint.py). The learner keeps its config's ctx_init
+    ("a photo of a", every reference config's): with n_ctx below the phrase's token count the reference keeps
+    the rest of the phrase as fixed words after the context, which check_fixed_words compares with the
+    checkpoint's token_suffix (pass method.learner.ctx_init=... if the run used another phrase, null if none)."""
+    from hydra.utils import instantiate
+
+    from promptlab.config import compose
+    from promptlab.engine.build import learner_kwargs
+    from promptlab.models import load_clip_from_config
+    from promptlab.reference_import.deep_checkpoint import check_fixed_words
+
+    state, dropped, shape = deep_learner_state(ckpt.state_dict, method)
+    cfg = compose([*shape, *overrides])
+    clip = load_clip_from_config(cfg.model)
+    name = str(cfg.model.name)
+    checked = check_deep_backbone(ckpt.state_dict, clip, name, ckpt.path)
+    if "token_prefix" in ckpt.state_dict:
+        checked += "; " + check_backbone(ckpt, clip, name)
+    names = list(classnames or [])
+    if ckpt.n_classes is not None and names and len(names) != ckpt.n_classes:
+        raise ConfigError(f"{len(names)} class names given, the checkpoint was trained on {ckpt.n_classes} classes.")
+    learner = instantiate(cfg.method.learner, _convert_="all", clip=clip,
+                          **learner_kwargs(cfg.method, names or ["class_0"], int(cfg.seed)))
+    _load_strict(learner, state, ckpt.path, method)
+    layout = check_fixed_words(ckpt.state_dict, learner, clip, ckpt.path)
+    if names and "token_suffix" in ckpt.state_dict:
+        layout += "; " + check_layout(ckpt, learner, clip, names)
+    return _write_prompt(ckpt, method, out, cfg, clip, learner, names, checked, layout, dropped, shape)
+
+
+def deep_evaluate_command(out: Path, learner_overrides: Sequence[str], overrides: Sequence[str]) -> str:
+    """The promptlab-train command that evaluates an imported deep prompt (the learner shape read from it)."""
+    parts = ["python -m promptlab.train", *learner_overrides]
+    parts += [o for o in overrides if not o.startswith("method=")]
+    return " ".join([*parts, "method.optim.epochs=0", f"load_prompt={out}"])
 
 
 def evaluate_command(out: Path, method: str, n_ctx: int, csc: bool, overrides: Sequence[str]) -> str:

@@ -23,8 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="what", required=True)
     ckpt = sub.add_parser("checkpoint", help="a Dassl prompt-learner checkpoint (model.pth.tar-N) to a prompt file")
     ckpt.add_argument("path", type=Path)
-    ckpt.add_argument("--method", choices=("coop", "cocoop", "kgcoop", "prograd"), default=None,
-                      help="the reference trainer (default: cocoop if the file has a meta-net, else coop)")
+    ckpt.add_argument("--method", default=None,
+                      choices=("coop", "cocoop", "kgcoop", "prograd", "vpt", "ivlp", "ivlp_language", "maple",
+                               "promptsrc"),
+                      help="the reference trainer (default: read from the keys: MaPLe, PromptSRC, IVLP, VPT; else "
+                           "cocoop if the file has a meta-net, else coop)")
     ckpt.add_argument("--out", type=Path, required=True, help="the promptlab prompt file to write")
     ckpt.add_argument("--classnames", type=Path, default=None,
                       help="a text file with the training class names, one a line, in label order")
@@ -53,7 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with exit_on_user_error(PROG):
         if args.what == "checkpoint":
-            from promptlab.reference_import.checkpoint import evaluate_command, import_checkpoint
+            from promptlab.reference_import.checkpoint import (
+                DEEP_METHODS,
+                deep_evaluate_command,
+                evaluate_command,
+                import_checkpoint,
+            )
 
             names = None
             if args.classnames is not None:
@@ -64,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"\n  layout: {info['layout_check']}")
             for key in info["dropped_keys"]:
                 print(f"  left out: {key}")
+            if info["method"] in DEEP_METHODS:
+                print("evaluate it with:\n  " + deep_evaluate_command(args.out, info["learner_overrides"],
+                                                                      args.overrides))
+                return 0
             import torch
 
             state = torch.load(args.out, map_location="cpu", weights_only=True)["state_dict"]

@@ -50,7 +50,8 @@ def planned_jobs(sweep_dir: Path) -> list[PlannedJob] | None:
     subdir = OmegaConf.to_container(hydra, resolve=False).get("sweep", {}).get("subdir")
     if sweeper.get("_target_") != _BASIC_SWEEPER or subdir != _JOB_FOLDER_RULE:
         return None
-    params = OmegaConf.to_container(sweeper.get("params") or {}, resolve=False)
+    params_node = sweeper.get("params")  # None when every swept key came from the command line
+    params = OmegaConf.to_container(params_node, resolve=False) if params_node else {}
     arguments = [f"{key}={value}" for key, value in params.items()] + list(hydra.overrides.task)
     try:
         parsed = OverridesParser.create().parse_overrides(arguments)
