@@ -68,9 +68,11 @@ class ClassCounts(Metric):
         self.add_state("topk", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        hit = logits.argmax(dim=-1) == labels
-        self.correct += torch.bincount(labels[hit], minlength=self.num_classes)
-        self.total += torch.bincount(labels, minlength=self.num_classes)
+        # One bincount over (label, hit) pairs gives both per-class counts (no boolean indexing: no host sync).
+        hit = (logits.argmax(dim=-1) == labels).long()
+        counts = torch.bincount(labels * 2 + hit, minlength=2 * self.num_classes).view(self.num_classes, 2)
+        self.total += counts.sum(dim=1)
+        self.correct += counts[:, 1]
         top = logits.topk(min(self.k, logits.shape[-1]), dim=-1).indices
         self.topk += (top == labels[:, None]).any(dim=-1).sum().long()
 
