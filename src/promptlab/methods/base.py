@@ -45,6 +45,17 @@ class PromptLearner(nn.Module):
         """Prepare the fixed parts of the prompts for a class list (training, base, novel, another dataset)."""
         raise NotImplementedError
 
+    def keep_prompt_tokens(self, clip: FrozenCLIP, classnames: list[str]) -> PromptTokens:
+        """For learners of the "<context> <classname>." layout (`ctx_text`, `n_ctx`): tokenise the class list and keep
+        its SOS `prefix`, `suffix` and `eot_index` as buffers. Non-persistent: they depend on the class list and
+        are rebuilt, never saved (a saved prompt is the learned tensors only)."""
+        prompts = tokenize_prompts(clip, self.ctx_text, self.n_ctx, classnames)
+        self.classnames = list(classnames)
+        self.register_buffer("prefix", prompts.prefix.float(), persistent=False)
+        self.register_buffer("suffix", prompts.suffix.float(), persistent=False)
+        self.register_buffer("eot_index", prompts.eot_index, persistent=False)
+        return prompts
+
     def forward(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised class-text embeddings: [C, D], or [B, C, D] when instance-conditional."""
         raise NotImplementedError

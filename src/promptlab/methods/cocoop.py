@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from promptlab.methods.base import PromptLearner, tokenize_prompts
+from promptlab.methods.base import PromptLearner
 from promptlab.methods.coop import init_context
 from promptlab.models.frozen import FrozenCLIP
 
@@ -54,11 +54,7 @@ class CoCoOpPrompts(PromptLearner):
         self.checkpoint_chunks = checkpoint_chunks
 
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
-        prompts = tokenize_prompts(clip, self.ctx_text, self.n_ctx, classnames)
-        self.classnames = list(classnames)
-        self.register_buffer("prefix", prompts.prefix.float(), persistent=False)
-        self.register_buffer("suffix", prompts.suffix.float(), persistent=False)
-        self.register_buffer("eot_index", prompts.eot_index, persistent=False)
+        self.keep_prompt_tokens(clip, classnames)
 
     def context_shift(self, image_features: torch.Tensor) -> torch.Tensor:
         """pi(x): [B, W], added to every context vector."""

@@ -12,37 +12,59 @@ import torch
 from torch import nn
 
 from promptlab.errors import ConfigError
-from promptlab.methods.base import PromptLearner, tokenize_prompts
+from promptlab.methods.base import PromptLearner
 from promptlab.models.frozen import FrozenCLIP
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
 
-def init_context(clip: FrozenCLIP, n_ctx: int, ctx_init: str | None, generator: torch.Generator | None = None):
-    """Return (context vectors [M, W], prompt text that stands for them).
+def normal_tokens(n: int, width: int, generator: torch.Generator | None) -> torch.Tensor:
+    """n prompt vectors from N(0, 0.02), the reference's initialisation of every random context or prompt."""
+    tokens = torch.empty(n, width)
+    nn.init.normal_(tokens, std=0.02, generator=generator)
+    return tokens
 
-    From words (the reference CoOp/CoCoOp): one vector per BPE token of `ctx_init`, initialised with that
-    token's embedding; `n_ctx` must equal the token count (a mismatch is refused, not silently ignored,
-    so a record never shows a context length that did not run). Random: n_ctx vectors from N(0, 0.02)
-    and "X" placeholders, as the reference.
+
+def init_context(clip: FrozenCLIP, n_ctx: int, ctx_init: str | None, generator: torch.Generator | None = None,
+                 keep_init_tail: bool | None = None, option: str = "method.learner") -> tuple[torch.Tensor, str]:
+    """Return (context vectors [n_ctx, W], prompt text whose first n_ctx tokens they replace).
+
+    From words (the reference CoOp/CoCoOp, `keep_init_tail=None`): one vector per BPE token of `ctx_init`,
+    initialised with that token's embedding; `n_ctx` must equal the token count (a mismatch is refused, not
+    silently ignored, so a record never shows a context length that did not run). Random: n_ctx vectors from
+    N(0, 0.02) and "X" placeholders, as the reference.
+
+    The deep prompts' reference (VLPromptLearner / MultiModalPromptLearner.__init__) learns the *first* n_ctx
+    tokens of the phrase and keeps the whole phrase in the prompt text (`keep_init_tail=True`): with n_ctx=2 and
+    "a photo of a", "a", "photo" are learned while "of a" stay fixed words between the context and the class name
+    (`token_suffix = embedding[:, 1 + n_ctx:]`); `keep_init_tail=False` asks for CoOp's rule there. An n_ctx
+    above the phrase's token count is refused (that reference silently switches to random vectors when n_ctx > 4).
     """
+    deep = keep_init_tail is not None
     if n_ctx < 1:
-        raise ConfigError(f"method.learner.n_ctx={n_ctx}: a context needs at least one vector (n_ctx >= 1).")
-    if ctx_init:
-        text = ctx_init.replace("_", " ").strip()
-        tokens = clip.tokenize([text])
-        n_init = int(clip.eot_index(tokens)[0]) - 1
-        if n_init != n_ctx:
-            raise ConfigError(
-                f"method.learner.n_ctx={n_ctx} but method.learner.ctx_init={ctx_init!r} is {n_init} tokens: the "
-                f"context has one vector per phrase token. Set method.learner.n_ctx={n_init}, or "
-                f"method.learner.ctx_init=null for {n_ctx} random vectors."
-            )
-        vectors = clip.embed_tokens(tokens)[0, 1 : 1 + n_init].detach().clone().float()
-        return vectors, text
-    vectors = torch.empty(n_ctx, clip.ctx_dim)
-    nn.init.normal_(vectors, std=0.02, generator=generator)
-    return vectors, " ".join(["X"] * n_ctx)
+        what = "a text context" if deep else "a context"
+        raise ConfigError(f"{option}.n_ctx={n_ctx}: {what} needs at least one vector (n_ctx >= 1).")
+    if not ctx_init:
+        return normal_tokens(n_ctx, clip.ctx_dim, generator), " ".join(["X"] * n_ctx)
+    text = ctx_init.replace("_", " ").strip()
+    tokens = clip.tokenize([text])
+    n_init = int(clip.eot_index(tokens)[0]) - 1
+    if not deep and n_init != n_ctx:
+        raise ConfigError(
+            f"{option}.n_ctx={n_ctx} but {option}.ctx_init={ctx_init!r} is {n_init} tokens: the "
+            f"context has one vector per phrase token. Set {option}.n_ctx={n_init}, or "
+            f"{option}.ctx_init=null for {n_ctx} random vectors."
+        )
+    if deep and (n_ctx > n_init or (not keep_init_tail and n_ctx != n_init)):
+        rule = ("n_ctx must equal its token count (keep_init_tail=false)" if n_ctx <= n_init
+                else "at most that many tokens can be initialised from it")
+        raise ConfigError(
+            f"{option}.n_ctx={n_ctx} but {option}.ctx_init={ctx_init!r} is {n_init} tokens: {rule}. Set "
+            f"{option}.n_ctx <= {n_init} (the first n_ctx tokens are learned, the rest stay fixed words, as the "
+            f"reference), or {option}.ctx_init=null for {n_ctx} random vectors."
+        )
+    vectors = clip.embed_tokens(tokens)[0, 1 : 1 + n_ctx].detach().clone().float()
+    return vectors, text
 
 
 def class_token_permutation(position: str, n_ctx: int, name_lens: list[int], length: int) -> torch.Tensor | None:
@@ -111,12 +133,7 @@ class CoOpPrompts(PromptLearner):
                 f"evaluated on another class list ({len(classnames)} classes: novel classes or another dataset). "
                 "Use method.learner.csc=false for base-to-novel and cross-dataset protocols, or protocol=fewshot."
             )
-        prompts = tokenize_prompts(clip, self.ctx_text, self.n_ctx, classnames)
-        self.classnames = list(classnames)
-        # Non-persistent: they depend on the class list and are rebuilt, never saved in checkpoints.
-        self.register_buffer("prefix", prompts.prefix.float(), persistent=False)
-        self.register_buffer("suffix", prompts.suffix.float(), persistent=False)
-        self.register_buffer("eot_index", prompts.eot_index, persistent=False)
+        prompts = self.keep_prompt_tokens(clip, classnames)
         self.register_buffer("tokens", prompts.tokens, persistent=False)
         length = 1 + self.n_ctx + prompts.suffix.shape[1]
         perm = class_token_permutation(self.class_token_position, self.n_ctx, prompts.name_lens, length)

@@ -16,54 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from promptlab.errors import ConfigError
-from promptlab.methods.base import PromptLearner, tokenize_prompts
+from promptlab.methods.base import PromptLearner
 from promptlab.models.frozen import FrozenCLIP
 
 
 def seeded_generator(init_seed: int | None) -> torch.Generator | None:
     return torch.Generator().manual_seed(init_seed) if init_seed is not None else None
-
-
-def normal_tokens(n: int, width: int, generator: torch.Generator | None) -> torch.Tensor:
-    """n prompt tokens from N(0, 0.02), the reference's initialisation of every random prompt."""
-    tokens = torch.empty(n, width)
-    nn.init.normal_(tokens, std=0.02, generator=generator)
-    return tokens
-
-
-def init_text_context(
-    clip: FrozenCLIP, n_ctx: int, ctx_init: str | None, generator: torch.Generator | None,
-    keep_init_tail: bool = True, option: str = "method.learner",
-) -> tuple[torch.Tensor, str]:
-    """(context vectors [n_ctx, W], the prompt text whose first n_ctx tokens they replace).
-
-    From an init phrase the reference (VLPromptLearner / MultiModalPromptLearner.__init__) learns the *first*
-    n_ctx tokens of the phrase and keeps the whole phrase in the prompt text, so with n_ctx=2 and "a photo of a"
-    the vectors "a", "photo" are learned while "of a" stay fixed words between the context and the class name
-    (`token_suffix = embedding[:, 1 + n_ctx:]`). `keep_init_tail=False` asks for CoOp's rule instead: n_ctx must
-    equal the phrase's token count. An n_ctx above the phrase's token count is refused (the reference silently
-    switches to random vectors when n_ctx > 4).
-    """
-    if n_ctx < 1:
-        raise ConfigError(f"{option}.n_ctx={n_ctx}: a text context needs at least one vector (n_ctx >= 1).")
-    if not ctx_init:
-        return normal_tokens(n_ctx, clip.ctx_dim, generator), " ".join(["X"] * n_ctx)
-    text = ctx_init.replace("_", " ").strip()
-    tokens = clip.tokenize([text])
-    n_init = int(clip.eot_index(tokens)[0]) - 1
-    if n_ctx > n_init or (not keep_init_tail and n_ctx != n_init):
-        rule = ("n_ctx must equal its token count (keep_init_tail=false)" if n_ctx <= n_init
-                else "at most that many tokens can be initialised from it")
-        raise ConfigError(
-            f"{option}.n_ctx={n_ctx} but {option}.ctx_init={ctx_init!r} is {n_init} tokens: {rule}. Set "
-            f"{option}.n_ctx <= {n_init} (the first n_ctx tokens are learned, the rest stay fixed words, as the "
-            f"reference), or {option}.ctx_init=null for {n_ctx} random vectors."
-        )
-    vectors = clip.embed_tokens(tokens)[0, 1 : 1 + n_ctx].detach().clone().float()
-    return vectors, text
 
 
 def check_depth(depth: int, layers: int, option: str, tower: str, clip: FrozenCLIP, minimum: int = 0) -> None:
@@ -100,12 +60,7 @@ class DeepPromptLearner(PromptLearner):
 
     # ----------------------------------------------------------------- text side
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
-        prompts = tokenize_prompts(clip, self.ctx_text, self.n_ctx, classnames)
-        self.classnames = list(classnames)
-        # Non-persistent: rebuilt for each class list, never saved (a saved prompt is the learned tensors only).
-        self.register_buffer("prefix", prompts.prefix.float(), persistent=False)
-        self.register_buffer("suffix", prompts.suffix.float(), persistent=False)
-        self.register_buffer("eot_index", prompts.eot_index, persistent=False)
+        self.keep_prompt_tokens(clip, classnames)
 
     def text_context(self) -> torch.Tensor:
         """The block-0 text context [n_ctx, W] (part of the token embeddings, so it gets the positional embedding)."""

@@ -12,11 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from promptlab.methods.coop import init_context, normal_tokens
 from promptlab.methods.deep_prompts import (
     DeepPromptLearner,
     check_depth,
-    init_text_context,
-    normal_tokens,
     seeded_generator,
 )
 from promptlab.models.frozen import FrozenCLIP
@@ -40,7 +39,7 @@ class IVLPPrompts(DeepPromptLearner):
         generator = seeded_generator(init_seed)
         # The reference asserts PROMPT_DEPTH_TEXT >= 1 for IVLP (vision-only prompting is VPT).
         check_depth(text_depth, clip.text_layers, "method.learner.text_depth", "text", clip, minimum=1)
-        vectors, self.ctx_text = init_text_context(clip, n_ctx, ctx_init, generator, keep_init_tail)
+        vectors, self.ctx_text = init_context(clip, n_ctx, ctx_init, generator, keep_init_tail=keep_init_tail)
         self.n_ctx = vectors.shape[0]
         self.ctx = nn.Parameter(vectors)
         self.text_deep = nn.ParameterList(

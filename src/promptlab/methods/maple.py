@@ -17,11 +17,10 @@ import copy
 import torch
 from torch import nn
 
+from promptlab.methods.coop import init_context, normal_tokens
 from promptlab.methods.deep_prompts import (
     DeepPromptLearner,
     check_depth,
-    init_text_context,
-    normal_tokens,
     seeded_generator,
 )
 from promptlab.models.frozen import FrozenCLIP
@@ -44,7 +43,7 @@ class MaPLePrompts(DeepPromptLearner):
         layers = min(clip.text_layers, clip.vision_layers)
         check_depth(depth, layers, "method.learner.depth", "text and image", clip, minimum=1)
         generator = seeded_generator(init_seed)
-        vectors, self.ctx_text = init_text_context(clip, n_ctx, ctx_init, generator, keep_init_tail)
+        vectors, self.ctx_text = init_context(clip, n_ctx, ctx_init, generator, keep_init_tail=keep_init_tail)
         self.n_ctx, self.depth = vectors.shape[0], depth
         self.ctx = nn.Parameter(vectors)
         self.text_deep = nn.ParameterList(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from promptlab.methods.deep_prompts import DeepPromptLearner, check_depth, normal_tokens, seeded_generator
+from promptlab.methods.coop import normal_tokens
+from promptlab.methods.deep_prompts import DeepPromptLearner, check_depth, seeded_generator
 from promptlab.methods.prompts import TextPrompts
 from promptlab.models.frozen import FrozenCLIP
 
