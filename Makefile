@@ -40,7 +40,7 @@ gpu-check: $(STAMP)  ## on a GPU machine: every method on ViT-B/16 (random weigh
 study: $(STAMP)  ## the spurious-background study: 4 methods x 3 strengths x seeds -> table + figure
 	$(PY) -m promptlab.train -m experiment=spurious_study
 
-study-all: $(STAMP)  ## the same study over all 10 prompt learners (ProGrad, VPT, IVLP, MaPLe, PromptSRC...), 3 seeds (up to an hour on 2 cores)
+study-all: $(STAMP)  ## the same study over all 10 prompt learners (ProGrad, VPT, IVLP, MaPLe, PromptSRC...), 5 seeds (about an hour on 2 cores)
 	$(PY) -m promptlab.train -m experiment=spurious_study_all
 
 lint: $(STAMP)  ## ruff over everything, mypy over the public API (promptlab.api)
