@@ -142,3 +142,33 @@ def test_class_counts_top5_and_mean_per_class_by_hand() -> None:
     # Top-5: image 2 (label 0 ranked 2nd), image 4 (label 1 ranked 2nd), image 5 (label 2 ranked 3rd) also hit.
     assert out["n_correct_top5"] == 6 and out["top5_acc"] == 100.0
     assert out["mean_per_class_acc"] == pytest.approx(100.0 * (2 / 3 + 1 / 2 + 0) / 3)  # classes with no image ignored
+
+
+def _test_counts(clip, learner, feats, labels, batch_size):
+    module = PromptLearningModule(clip, learner)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.test(module, dataloaders=DataLoader(FeatureDataset(feats, labels), batch_size=batch_size), verbose=False)
+    return {k: module.last_eval[k] for k in ("n_correct", "n_images", "n_correct_top5", "mean_per_class_acc")}
+
+
+def test_static_text_learners_score_cached_features_in_large_batches_with_the_same_counts(random_clip):
+    from promptlab.engine.datamodule import STATIC_TEXT_FEATURE_BATCH, feature_batch_size
+    from promptlab.methods.linear_probe import LinearProbe
+    from promptlab.methods.zeroshot import ZeroShotPrompts
+
+    coop = CoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a", init_seed=0)
+    cocoop = CoCoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a", init_seed=0)
+    assert feature_batch_size(coop, 100) == STATIC_TEXT_FEATURE_BATCH
+    assert feature_batch_size(ZeroShotPrompts(random_clip, ["a photo of a {}."]), 100) == STATIC_TEXT_FEATURE_BATCH
+    assert feature_batch_size(coop, 10_000) == 10_000  # never below the configured batch
+    assert feature_batch_size(cocoop, 100) == 100  # per-image prompts: text passes per row
+    assert feature_batch_size(LinearProbe(random_clip), 100) == 100  # scores by itself
+    names = [f"class {i}" for i in range(12)]
+    coop.set_classnames(random_clip, names)
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(700, random_clip.embed_dim, generator=gen), dim=-1)
+    labels = torch.randint(len(names), (700,), generator=gen)
+    small = _test_counts(random_clip, coop, feats, labels, batch_size=7)
+    large = _test_counts(random_clip, coop, feats, labels, batch_size=feature_batch_size(coop, 100))
+    assert small == large and small["n_images"] == 700

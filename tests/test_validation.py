@@ -31,6 +31,8 @@ def test_validation_is_recorded_and_is_the_sweeper_objective(tmp_path) -> None:
     assert validation["acc"] == validation["history"][-1]["acc"]  # the last epoch is the evaluated prompt
     assert validation["n_images"] > 0 and 0 <= validation["n_correct"] <= validation["n_images"]
     assert train.objective(record) == validation["acc"]
+    # What ran, loader by loader: the toy world's small sets decode in-process under the automatic rule.
+    assert record["loader_workers"] and set(record["loader_workers"].values()) == {0}
     assert train.objective(record) != record["metrics"]["hm"] or validation["acc"] == record["metrics"]["hm"]
     # Beside micro top-1, every scored evaluation has top-5 and mean-per-class accuracy, from exact counts.
     for evaluation in record["evaluations"]:

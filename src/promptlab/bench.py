@@ -52,7 +52,7 @@ from promptlab.data.decoded_cache import build_decoded_images
 from promptlab.data.tensor_augment import TensorAugment
 from promptlab.data.transforms import build_transform
 from promptlab.data.types import Datum
-from promptlab.engine.datamodule import FeatureDataset
+from promptlab.engine.datamodule import FeatureDataset, feature_batch_size
 from promptlab.engine.features import encode_images
 from promptlab.engine.module import PromptLearningModule
 from promptlab.io import atomic_write_json
@@ -169,15 +169,22 @@ def feature_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.devic
     eval_labels = torch.randint(len(names), (args.images,))
     precision = {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(args.precision, "32")
 
-    def evaluate(learner) -> float:
-        """promptlab's evaluation path: features.encode_images once, then the module's Lightning test loop."""
+    def evaluation(learner) -> Callable[[], float]:
+        """promptlab's evaluation path: features.encode_images once, then the module's Lightning test loop over the
+        features in the run's batches (engine.datamodule.feature_batch_size). The trainer is made once, outside
+        the timing, as a run makes one trainer for its fit and all its evaluations."""
         module = PromptLearningModule(clip, learner)
         trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, logger=False,
                             enable_progress_bar=False, enable_model_summary=False)
-        feats = encode_images(clip, image_set, batch_size=args.eval_batch, device=device, precision=precision)
-        loader = DataLoader(FeatureDataset(feats, eval_labels), batch_size=args.eval_batch)
-        trainer.test(module, dataloaders=loader, verbose=False)
-        return module.last_eval["acc"]
+
+        def run() -> float:
+            feats = encode_images(clip, image_set, batch_size=args.eval_batch, device=device, precision=precision)
+            loader = DataLoader(FeatureDataset(feats, eval_labels),
+                                batch_size=feature_batch_size(learner, args.eval_batch))
+            trainer.test(module, dataloaders=loader, verbose=False)
+            return module.last_eval["acc"]
+
+        return run
 
     feats = F.normalize(torch.randn(args.batch, clip.embed_dim, device=device), dim=-1)
 
@@ -202,9 +209,10 @@ def feature_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.devic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     r = args.repeats
-    t_encode = timed(encode_loop, device, r)
-    t_eval_coop = timed(lambda: evaluate(coop), device, r)
-    t_eval_cocoop = timed(lambda: evaluate(cocoop), device, max(1, r // 2))
+    # The floor and the CoOp evaluation in turn within each round (their ratio is a target).
+    t = timed_interleaved({"encode": encode_loop, "eval_coop": evaluation(coop)}, device, r)
+    t_encode, t_eval_coop = t["encode"], t["eval_coop"]
+    t_eval_cocoop = timed(evaluation(cocoop), device, max(1, r // 2))
     t_coop = timed(coop_step, device, r)
     t_cocoop = timed(cocoop_step, device, r)
     t_loop = timed(loop_step, device, max(1, r // 2))

@@ -289,6 +289,7 @@ def execute(cfg: DictConfig, run_dir: Path, config_digest: str | None = None) ->
         "notes": notes + fit_notes
         + ([f"final train loss {float(train_loss):.4f}"] if train_loss is not None else []),
         "validation": validation,
+        "loader_workers": dict(datamodule.workers_used),
         "trainer": trainer,
         "learner": learner,
         "clip": clip,
@@ -383,6 +384,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         timings=result["timings"], notes=result["notes"], backbone=result["clip"].record(),
     )
     record["validation"] = result["validation"]
+    # What ran: worker processes per image loader (loader.num_workers=null decides them from the machine).
+    record["loader_workers"] = result["loader_workers"]
     trainer = result["trainer"]
     if trainer.is_global_zero:
         if cfg.get("analysis", False) and result["learner"].direct_logits:

@@ -35,7 +35,7 @@ def prompted_features_fn(datamodule: Any, clip: Any, learner: Any) -> FeaturesFn
                                check_cache_dir=datamodule.cache_dir)
         labels = torch.tensor([item.label for item in dataset.items], dtype=torch.long)
         loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, shuffle=False,
-                            num_workers=datamodule.num_workers)
+                            num_workers=datamodule.decode_workers(len(dataset), f"analysis ({eval_set.name})"))
         device = next(clip.parameters()).device
         was_training = learner.training
         learner.eval()

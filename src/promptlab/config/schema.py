@@ -110,8 +110,11 @@ class PathsConf:
 class LoaderConf:
     """How images are read on this machine (the method's batch sizes are in method.loader)."""
 
-    num_workers: int = 0
-    pin_memory: bool = False
+    # null: from the machine (engine/workers.py: decoding workers for evaluation and feature extraction, none
+    # for randomly augmented loaders); a number: every image loader uses that many.
+    num_workers: int | None = None
+    # null: pinned when batches go to a CUDA device.
+    pin_memory: bool | None = None
     on_error: OnError = OnError["raise"]  # type: ignore[valid-type]
 
 

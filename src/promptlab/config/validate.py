@@ -139,7 +139,8 @@ def problems(cfg: DictConfig) -> list[str]:
 
     precision = str(cfg.trainer.precision)
     need(precision in PRECISIONS, f"trainer.precision={precision}: expected one of {', '.join(PRECISIONS)}.")
-    need(cfg.loader.num_workers >= 0, f"loader.num_workers={cfg.loader.num_workers}: must be 0 or more.")
+    need(cfg.loader.num_workers is None or cfg.loader.num_workers >= 0,
+         f"loader.num_workers={cfg.loader.num_workers}: must be 0 or more, or null (from the machine).")
     validation = cfg.get("validation")
     if validation is not None:
         every = validation.every_n_epochs

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptlab.config.registry import choice, plain
 from promptlab.config.schema import LrScaling, SGDConf
-from promptlab.engine.datamodule import PromptDataModule
+from promptlab.engine.datamodule import PromptDataModule, feature_batch_size
 from promptlab.errors import ConfigError, MissingPathError
 from promptlab.io import atomic_torch_save
 from promptlab.launch import is_launch_key
@@ -146,7 +146,7 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
     datamodule = PromptDataModule(
         clip, data.train_items, data.eval_sets,
         batch_size=int(loader.batch_size), eval_batch_size=int(loader.eval_batch_size),
-        num_workers=int(cfg.loader.num_workers), pin_memory=bool(cfg.loader.pin_memory),
+        num_workers=cfg.loader.num_workers, pin_memory=cfg.loader.pin_memory,
         augment=choice(loader.augment), train_cache=choice(loader.train_cache),
         train_views=int(loader.train_views), eval_cache=bool(cfg.eval_cache),
         cache_dir=Path(cfg.paths.cache_dir), on_error=choice(cfg.loader.on_error),
@@ -155,6 +155,7 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
         augment_backend=choice(loader.get("augment_backend", "tensor")),
         decoded_cache_disk=bool(loader.get("decoded_cache_disk", False)),
         images_through_learner=bool(getattr(learner, "encodes_images", False)),
+        feature_eval_batch_size=feature_batch_size(learner, int(loader.eval_batch_size)),
     )
     return RunParts(clip, data, learner, datamodule)
 

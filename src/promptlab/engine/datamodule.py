@@ -23,6 +23,7 @@ from promptlab.data.image_dataset import ImageDataset, require_decodable
 from promptlab.data.tensor_augment import TensorAugment
 from promptlab.data.transforms import build_transform
 from promptlab.data.types import Datum, EvalSet
+from promptlab.engine import workers as machine
 from promptlab.engine.features import cache_key, cached_features, encode_images
 from promptlab.errors import ConfigError
 from promptlab.methods.base import FitFeatures
@@ -60,6 +61,18 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+#: Feature rows per evaluation batch for learners with static text (a [rows, D] x [D, C] product per batch).
+STATIC_TEXT_FEATURE_BATCH = 4096
+
+
+def feature_batch_size(learner: object, eval_batch_size: int) -> int:
+    """Rows per batch when evaluation scores cached features: thousands for learners with one text embedding per
+    class (on the toy CLIP, Lightning's per-batch hooks cost more than a batch of 100 rows' product), the image
+    batch otherwise (CoCoOp's per-image prompts cost text-encoder passes per row)."""
+    return max(eval_batch_size, STATIC_TEXT_FEATURE_BATCH) if getattr(learner, "static_text", False) \
+        else eval_batch_size
+
+
 class PromptDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -68,8 +81,8 @@ class PromptDataModule(L.LightningDataModule):
         eval_sets: list[EvalSet],
         batch_size: int = 32,
         eval_batch_size: int = 100,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
         augment: str = "none",
         train_cache: str = "auto",
         train_views: int = 0,
@@ -85,6 +98,7 @@ class PromptDataModule(L.LightningDataModule):
         augment_backend: str = "tensor",
         decoded_cache_disk: bool = False,
         images_through_learner: bool = False,
+        feature_eval_batch_size: int | None = None,
     ) -> None:
         """`val_items`: the few-shot validation split (for learners that choose hyper-parameters on it);
         `normalize_features=False`: every cached feature un-normalised (a learner that asks for it);
@@ -92,7 +106,12 @@ class PromptDataModule(L.LightningDataModule):
         data/tensor_augment.py) or "pil" (the reference's per-image PIL pipeline, exactly);
         `decoded_cache_disk`: keep the decoded training images under cache_dir too;
         `images_through_learner`: the learner encodes images itself (image-tower prompts): training and test
-        batches carry images, never frozen features, and each test image is read and encoded once per evaluation."""
+        batches carry images, never frozen features, and each test image is read and encoded once per evaluation;
+        `num_workers` / `pin_memory`: None leaves them to the machine (engine/workers.py); `workers_used` records
+        what each loader got;
+        `feature_eval_batch_size`: rows per batch when evaluation scores cached features (None: eval_batch_size).
+        Learners with one text embedding per class score thousands of features in one matrix product, and each
+        batch of Lightning's test loop costs more than that product (feature_batch_size)."""
         super().__init__()
         self.images_through_learner = images_through_learner
         if images_through_learner and train_cache == "on":
@@ -118,7 +137,9 @@ class PromptDataModule(L.LightningDataModule):
         self.eval_sets = eval_sets
         self.normalize_features = normalize_features
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.feature_eval_batch_size = feature_eval_batch_size or eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.workers_used: dict[str, int] = {}  # loader -> worker processes it ran with (for the run record)
         self.augment, self.train_cache, self.train_views = augment, train_cache, train_views
         self.eval_cache, self.cache_dir, self.on_error = eval_cache, cache_dir, on_error
         self.precision, self.seed = precision, seed
@@ -154,10 +175,26 @@ class PromptDataModule(L.LightningDataModule):
             return self.trainer.strategy.root_device
         return next(self.clip.parameters()).device
 
-    def _encode(self, dataset: ImageDataset, label: str) -> torch.Tensor:
-        return encode_images(self.clip, dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers,
+    def _encode(self, dataset: ImageDataset, label: str, random_transform: bool = False) -> torch.Tensor:
+        workers = self.random_workers(label) if random_transform else self.decode_workers(len(dataset), label)
+        return encode_images(self.clip, dataset, batch_size=self.eval_batch_size, num_workers=workers,
                              device=self._device(), precision=self.precision, desc=label,
                              normalize=self.normalize_features)
+
+    def decode_workers(self, n_images: int, loader: str) -> int:
+        """Workers of a loader without random transforms (engine/workers.py), recorded under `loader`."""
+        per_node = self.trainer.num_devices if self.trainer is not None else 1
+        self.workers_used[loader] = machine.decode_workers(self.num_workers, n_images, per_node)
+        return self.workers_used[loader]
+
+    def random_workers(self, loader: str) -> int:
+        """Workers of a randomly augmented loader: only as configured (engine/workers.py), recorded."""
+        self.workers_used[loader] = machine.random_stream_workers(self.num_workers)
+        return self.workers_used[loader]
+
+    @property
+    def pins_memory(self) -> bool:
+        return machine.pin_memory(self.pin_memory, self._device())
 
     def _key(self, items: list[Datum], transform: object) -> str:
         # Un-normalised features are other numbers: they must never share a cache entry with normalised ones.
@@ -197,7 +234,7 @@ class PromptDataModule(L.LightningDataModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             for k in range(self.train_views):
-                views.append(self._encode(dataset, f"train view {k + 1}/{self.train_views}"))
+                views.append(self._encode(dataset, f"train view {k + 1}/{self.train_views}", random_transform=True))
         return FeatureDataset(torch.stack(views), labels)
 
     def _build_decoded_dataset(self) -> DecodedImages:
@@ -207,7 +244,7 @@ class PromptDataModule(L.LightningDataModule):
         dataset, self.train_skipped = build_decoded_images(
             self.train_items, self.clip.image_size, augment=self.augment, interpolation=pre["interpolation"],
             on_error=self.on_error, cache_dir=self.cache_dir if self.decoded_cache_disk else None,
-            test_transform=self.test_transform, num_workers=self.num_workers)
+            test_transform=self.test_transform, num_workers=self.decode_workers(len(self.train_items), "decode once"))
         rank, _ = self._rank_world()
         norm = self.train_transform.transforms[-1]  # the PIL pipeline's Normalize: the same mean and std
         self.tensor_augment = TensorAugment(
@@ -268,11 +305,15 @@ class PromptDataModule(L.LightningDataModule):
         if isinstance(self._train_dataset, DecodedImages):  # in memory already: no workers, list batches
             return DataLoader(self._train_dataset, batch_size=self.batch_size, shuffle=sampler is None,
                               sampler=sampler, generator=generator, drop_last=False, collate_fn=collate_decoded)
+        if features:
+            workers = 0
+        elif self.augment != "none":  # random crops in the loader: the worker count must not depend on the machine
+            workers = self.random_workers("train")
+        else:
+            workers = self.decode_workers(len(self._train_dataset), "train")
         return DataLoader(self._train_dataset, batch_size=self.batch_size, shuffle=sampler is None,
-                          sampler=sampler, generator=generator, drop_last=False,
-                          num_workers=0 if features else self.num_workers,
-                          pin_memory=self.pin_memory and not features,
-                          persistent_workers=(not features) and self.num_workers > 0)
+                          sampler=sampler, generator=generator, drop_last=False, num_workers=workers,
+                          pin_memory=self.pins_memory and not features, persistent_workers=workers > 0)
 
     def state_dict(self) -> dict[str, Any]:
         # In-run checkpoints (engine/checkpointing.py): the order and the crops of the next epochs depend on
@@ -330,11 +371,12 @@ class PromptDataModule(L.LightningDataModule):
         if self.images_through_learner:
             dataset: Dataset = ImageDataset(self.val_items, self.test_transform, on_error=self.on_error,
                                             check_cache_dir=self.cache_dir)
-            workers = self.num_workers
+            workers = self.decode_workers(len(dataset), "few-shot val")
         else:
             feats, labels = self._split_features(self.val_items, "few-shot val")
             dataset, workers = FeatureDataset(feats, labels), 0
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ShardSampler(len(dataset), rank, world),
+        batch = self.eval_batch_size if self.images_through_learner else self.feature_eval_batch_size
+        return DataLoader(dataset, batch_size=batch, sampler=ShardSampler(len(dataset), rank, world),
                           num_workers=workers, generator=torch.Generator())
 
     def test_dataloader(self) -> DataLoader:
@@ -347,8 +389,9 @@ class PromptDataModule(L.LightningDataModule):
                                   check_cache_dir=self.cache_dir)
             self.active_eval.skipped = images.skipped
             return DataLoader(images, batch_size=self.eval_batch_size, sampler=ShardSampler(len(images), rank, world),
-                              num_workers=self.num_workers, pin_memory=self.pin_memory)
+                              num_workers=self.decode_workers(len(images), f"test images ({self.active_eval.name})"),
+                              pin_memory=self.pins_memory)
         feats, labels = self.eval_features(self.active_eval)
         dataset = FeatureDataset(feats, labels)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ShardSampler(len(dataset), rank, world),
-                          num_workers=0)
+        return DataLoader(dataset, batch_size=self.feature_eval_batch_size,
+                          sampler=ShardSampler(len(dataset), rank, world), num_workers=0)

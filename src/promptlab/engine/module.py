@@ -214,7 +214,7 @@ class PromptLearningModule(L.LightningModule):
         self.eval_counts = CountMetric().to(self.device)
         self.class_counts = ClassCounts(len(self.learner.classnames)).to(self.device)
         self._eval_text = None
-        if not self.learner.instance_conditional and not self.learner.direct_logits:
+        if self.learner.static_text:
             with torch.no_grad():  # static prompts: one text pass for the whole test set
                 self._eval_text = self.learner(self.clip, None).float()
 

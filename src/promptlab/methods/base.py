@@ -37,6 +37,12 @@ class PromptLearner(nn.Module):
     #: True when the trained epoch is chosen on held-out data (train.py adds an EpochSelector).
     selects_epoch: bool = False
 
+    @property
+    def static_text(self) -> bool:
+        """One text embedding per class for every image (no per-image prompts, no scoring of its own): evaluation
+        encodes the text once and scores any number of image features against it."""
+        return not self.instance_conditional and not self.direct_logits
+
     def __init__(self) -> None:
         super().__init__()
         self.classnames: list[str] = []
