@@ -266,6 +266,9 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
     cocoop_full = CoCoOpPrompts(clip_full, n_ctx=4, ctx_init="a photo of a").to(device)
     cocoop_full.set_classnames(clip_full, names)
     scale = clip.logit_scale()
+    coop_text = CoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a").to(device)  # its own copy: same work
+    coop_text.set_classnames(clip, names)
+    text_optimizer = torch.optim.SGD(coop_text.parameters(), lr=1e-3, momentum=0.9)
     pil_transform = build_transform(size, train=True, augment="coop", **spec)
     augment = TensorAugment(size, mean=spec["mean"], std=spec["std"], interpolation=spec["interpolation"],
                             generator=torch.Generator().manual_seed(0))
@@ -290,6 +293,19 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
             with torch.no_grad(), amp:
                 for x in fixed:
                     clip.encode_image(x)
+
+        with torch.no_grad(), amp:
+            fixed_feats = [clip.encode_image(x).float() for x in fixed]
+
+        def coop_text_only() -> None:
+            """The CoOp step without the encoder: text side forward + backward + SGD on the floor's features."""
+            for feats, i in zip(fixed_feats, starts, strict=True):
+                text_optimizer.zero_grad(set_to_none=True)
+                with amp:
+                    loss = F.cross_entropy(logits_from_features(feats, coop_text(clip).float(), scale),
+                                           labels[i : i + b])
+                loss.backward()
+                text_optimizer.step()
 
         def augment_only() -> None:
             for i in starts:
@@ -335,7 +351,7 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
 
         n_ref = min(n, args.cocoop_reference_images)
         t = timed_interleaved({
-            "augment": augment_only, "pil": pil_only, "floor": floor,
+            "augment": augment_only, "pil": pil_only, "floor": floor, "coop_text": coop_text_only,
             "coop": tensor_epoch(coop), "cocoop": tensor_epoch(cocoop),
             "ref_coop": reference_epoch(coop_full, b, False, n),
             "ref_cocoop": reference_epoch(cocoop_full, 1, True, n_ref),
@@ -354,11 +370,16 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
         "aug_tensor_augment_only_img_s": n / t["augment"],
         "aug_pil_decode_and_augment_only_img_s": n / t["pil"],
         "aug_floor_encoder_forward_img_s": floor_s,
+        "aug_coop_text_side_only_img_s": n / t["coop_text"],
         "aug_train_coop_img_s": coop_s,
         "aug_train_cocoop_img_s": cocoop_s,
         "aug_reference_coop_img_s": ref_coop_s,
         "aug_reference_cocoop_per_image_img_s": ref_cocoop_s,
         "ratio_aug_coop_vs_floor_time": floor_s / coop_s,
+        # What no augmentation can remove: the encoder plus CoOp's text side (one text pass per step).
+        "ratio_aug_floor_plus_text_vs_floor_time": (t_floor + t["coop_text"]) / t_floor,
+        # No CoCoOp step with this encoder can beat the encoder alone: the most any path could reach here.
+        "ratio_aug_floor_vs_reference_cocoop_speed": floor_s / ref_cocoop_s,
         "ratio_aug_coop_vs_reference_speed": coop_s / ref_coop_s,
         "ratio_aug_cocoop_vs_reference_loop_speed": cocoop_s / ref_cocoop_s,
     }
@@ -481,26 +502,30 @@ def deep_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.device, 
     return out
 
 
-#: The targets of the augmented path (issue "fast augmented training"): (key, comparison, bound, text).
+#: The targets of the augmented path (issue "fast augmented training"): (key, comparison, bound, text, and the
+#: key and wording of the measured limit that says what the device allows, or None).
 TARGETS = (
-    ("ratio_aug_coop_vs_floor_time", "<=", 1.3, "augmented CoOp step within 1.3x of the bare encoder forward"),
-    ("ratio_eval_coop_vs_encode_time", "<=", 1.2, "evaluation within 1.2x of a bare encode loop"),
+    ("ratio_aug_coop_vs_floor_time", "<=", 1.3, "augmented CoOp step within 1.3x of the bare encoder forward",
+     ("ratio_aug_floor_plus_text_vs_floor_time", "encoder + CoOp's text side alone: {:.2f}x")),
+    ("ratio_eval_coop_vs_encode_time", "<=", 1.2, "evaluation within 1.2x of a bare encode loop", None),
     ("ratio_aug_cocoop_vs_reference_loop_speed", ">=", 15.0,
-     "CoCoOp (batch --batch) at least 15x the reference-equivalent per-image loop"),
+     "CoCoOp (batch --batch) at least 15x the reference-equivalent per-image loop",
+     ("ratio_aug_floor_vs_reference_cocoop_speed", "the bare encoder alone is {:.1f}x the reference loop here")),
     ("ratio_aug_coop_vs_reference_speed", ">=", 5.0, "augmented CoOp at least 5x the reference-equivalent "
-     "pipeline (a GPU target)"),
+     "pipeline (a GPU target)", None),
 )
 
 
 def target_lines(result: dict) -> list[str]:
     lines = []
-    for key, op, bound, text in TARGETS:
+    for key, op, bound, text, limit in TARGETS:
         if key not in result:
             continue
         value = float(result[key])
         ok = value <= bound if op == "<=" else value >= bound
+        context = f"; {limit[1].format(float(result[limit[0]]))}" if limit and limit[0] in result else ""
         lines.append(f"  {'PASS' if ok else 'FAIL'}  {text}: {value:.2f}{'x' if op == '<=' else 'x faster'} "
-                     f"(target {op} {bound})")
+                     f"(target {op} {bound}{context})")
     return lines
 
 
