@@ -180,3 +180,15 @@ def test_lightning_applies_the_batch_augmentation_in_fit(random_clip, tmp_path):
               enable_progress_bar=False, enable_model_summary=False).fit(module, datamodule=dm)
     assert seen == [(3, 3, 32, 32), (3, 3, 32, 32)]
     assert not torch.equal(learner.ctx.detach(), before)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_cpu_resize_equals_torchvisions_resized_crop(interpolation):
+    """The CPU shortcut (torch's uint8 kernel called directly) gives torchvision's resized_crop pixels exactly."""
+    image = TF.pil_to_tensor(textured_image(151, 114, seed=3))
+    boxes = sample_boxes(torch.tensor([[114, 151]] * 16), generator=torch.Generator().manual_seed(5))
+    ours = TensorAugment(32, interpolation=interpolation).crop_resize([image] * 16, boxes)
+    mode = InterpolationMode(interpolation)
+    expected = torch.stack([TF.resized_crop(image, t, l, h, w, [32, 32], interpolation=mode, antialias=True)
+                            for t, l, h, w in boxes.tolist()])
+    assert ours.dtype == torch.uint8 and torch.equal(ours, expected)
