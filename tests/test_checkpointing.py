@@ -160,7 +160,7 @@ def test_checkpoints_by_epochs_and_by_time(tmp_path, monkeypatch) -> None:
 
     saved: list[int] = []
     trainer = types.SimpleNamespace(current_epoch=0, is_global_zero=True)
-    trainer.save_checkpoint = lambda path: (Path(path).write_text("x"), saved.append(trainer.current_epoch))
+    trainer.save_checkpoint = lambda path, **_: (Path(path).write_text("x"), saved.append(trainer.current_epoch))
     clock = [0.0]
     monkeypatch.setattr(checkpointing.time, "monotonic", lambda: clock[0])
 

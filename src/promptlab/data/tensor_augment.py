@@ -12,7 +12,8 @@ torchvision's ratio (3/4, 4/3), bicubic, then RandomHorizontalFlip(0.5), ToTenso
   torchvision's sampler), not the same random stream (the PIL path, `augment_backend=pil`, keeps that).
 - Resize: torchvision's `resized_crop` on the uint8 tensor (bicubic with antialiasing, which follows PIL's
   resampling filter), rounded back to uint8 as PIL's output is; equal to PIL's crop + resize up to a few
-  grey levels of rounding (tested).
+  grey levels of rounding (tested). On CPU the crop goes straight to the uint8 kernel `resized_crop` itself
+  calls there (`F.interpolate`, the same pixels: tested), without its per-call dispatch.
 - Flip with probability 0.5, then the division by 255 and the normalisation, on the whole batch.
 
 augment="flip" (test transform + flip) stores the PIL-resized, centre-cropped image (data/decoded_cache.py),

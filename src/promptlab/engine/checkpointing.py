@@ -92,7 +92,7 @@ class RunCheckpoint(Checkpoint):
         # Written under a temporary name and renamed: a job killed while writing leaves the previous
         # checkpoint intact. Every rank calls save_checkpoint (it synchronises them); rank 0 writes.
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        trainer.save_checkpoint(staging)
+        trainer.save_checkpoint(staging, weights_only=False)  # a full checkpoint: optimiser, loops, callbacks
         if trainer.is_global_zero:
             os.replace(staging, self.path)
         self._last_write = time.monotonic()
