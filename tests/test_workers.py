@@ -49,6 +49,10 @@ def test_the_data_module_decodes_with_workers_and_records_them(random_clip, tmp_
     assert loader.num_workers == 0 and auto.workers_used["train"] == 0  # random crops: not from the machine
     assert not loader.pin_memory  # CPU
     assert module(2).random_workers("train") == 2  # asked for explicitly
+    # Ranks on one node share its CPUs (train.py sets ranks_per_node before the test features are extracted).
+    monkeypatch.setattr(machine, "usable_cpus", lambda: 8)
+    auto.ranks_per_node = 2
+    assert auto.decode_workers(10, "test images (other)") == 3
 
 
 def test_config_defaults_and_refusal():
