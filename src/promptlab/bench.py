@@ -116,6 +116,13 @@ def _classnames(n: int) -> list[str]:
     return [names[i % len(names)] + ("" if i < len(names) else f" {i // len(names)}") for i in range(n)]
 
 
+def _prompts(cls: type, model: FrozenCLIP, names: list[str], device: torch.device, **kwargs):
+    """A CoOp / CoCoOp learner with the bench's context (4 vectors from "a photo of a") for `names`, on `device`."""
+    learner = cls(model, n_ctx=4, ctx_init="a photo of a", **kwargs).to(device)
+    learner.set_classnames(model, names)
+    return learner
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, float | str | int]:
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -149,14 +156,11 @@ def feature_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.devic
     names = _classnames(args.classes)
     labels = torch.randint(len(names), (args.batch,), device=device)
 
-    coop = CoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a").to(device)
-    coop.set_classnames(clip, names)
-    cocoop = CoCoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a", class_chunk=args.class_chunk).to(device)
-    cocoop.set_classnames(clip, names)
+    coop = _prompts(CoOpPrompts, clip, names, device)
+    cocoop = _prompts(CoCoOpPrompts, clip, names, device, class_chunk=args.class_chunk)
     # The reference path: the same weights and learner, text transformer run on all 77 positions.
     clip_full = FrozenCLIP(clip.model, clip.tokenizer, clip.checkpoint_id, truncate_text=False)
-    cocoop_full = CoCoOpPrompts(clip_full, n_ctx=4, ctx_init="a photo of a").to(device)
-    cocoop_full.set_classnames(clip_full, names)
+    cocoop_full = _prompts(CoCoOpPrompts, clip_full, names, device)
     scale = clip.logit_scale()
 
     def encode_loop() -> torch.Tensor:
@@ -256,18 +260,13 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
     size, pre, b, r = clip.image_size, clip.preprocess_cfg, args.batch, args.repeats
     names = _classnames(args.classes)
     spec = {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "interpolation": pre["interpolation"]}
-    coop = CoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a").to(device)
-    coop.set_classnames(clip, names)
-    cocoop = CoCoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a", class_chunk=args.class_chunk).to(device)
-    cocoop.set_classnames(clip, names)
+    coop = _prompts(CoOpPrompts, clip, names, device)
+    cocoop = _prompts(CoCoOpPrompts, clip, names, device, class_chunk=args.class_chunk)
     clip_full = FrozenCLIP(clip.model, clip.tokenizer, clip.checkpoint_id, truncate_text=False)
-    coop_full = CoOpPrompts(clip_full, n_ctx=4, ctx_init="a photo of a").to(device)
-    coop_full.set_classnames(clip_full, names)
-    cocoop_full = CoCoOpPrompts(clip_full, n_ctx=4, ctx_init="a photo of a").to(device)
-    cocoop_full.set_classnames(clip_full, names)
+    coop_full = _prompts(CoOpPrompts, clip_full, names, device)
+    cocoop_full = _prompts(CoCoOpPrompts, clip_full, names, device)
     scale = clip.logit_scale()
-    coop_text = CoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a").to(device)  # its own copy: same work
-    coop_text.set_classnames(clip, names)
+    coop_text = _prompts(CoOpPrompts, clip, names, device)  # its own copy: the same work as the step's text side
     text_optimizer = torch.optim.SGD(coop_text.parameters(), lr=1e-3, momentum=0.9)
     pil_transform = build_transform(size, train=True, augment="coop", **spec)
     augment = TensorAugment(size, mean=spec["mean"], std=spec["std"], interpolation=spec["interpolation"],

@@ -205,7 +205,7 @@ def execute(cfg: DictConfig, run_dir: Path, config_digest: str | None = None) ->
     # Lightning may change the precision (16-mixed falls back to bf16-mixed on CPU): encode features as it runs.
     datamodule.precision = str(trainer.precision)
     # The node's ranks share its CPUs among their loader workers, also for the test features extracted before fit
-    # (before Lightning attaches the trainer to the data module).
+    # (the data module reads it from here, not from its trainer, which Lightning attaches only in fit).
     datamodule.ranks_per_node = trainer.num_devices
     t_setup = time.perf_counter()
     precheck_s = 0.0

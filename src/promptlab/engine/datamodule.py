@@ -140,7 +140,7 @@ class PromptDataModule(L.LightningDataModule):
         self.feature_eval_batch_size = feature_eval_batch_size or eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.workers_used: dict[str, int] = {}  # loader -> worker processes it ran with (for the run record)
-        self.ranks_per_node = 1  # train.py sets the trainer's devices per node
+        self.ranks_per_node = 1  # ranks sharing this node's CPUs: train.py sets the trainer's devices per node
         self.augment, self.train_cache, self.train_views = augment, train_cache, train_views
         self.eval_cache, self.cache_dir, self.on_error = eval_cache, cache_dir, on_error
         self.precision, self.seed = precision, seed
@@ -184,8 +184,7 @@ class PromptDataModule(L.LightningDataModule):
 
     def decode_workers(self, n_images: int, loader: str) -> int:
         """Workers of a loader without random transforms (engine/workers.py), recorded under `loader`."""
-        per_node = self.trainer.num_devices if self.trainer is not None else self.ranks_per_node
-        self.workers_used[loader] = machine.decode_workers(self.num_workers, n_images, per_node)
+        self.workers_used[loader] = machine.decode_workers(self.num_workers, n_images, self.ranks_per_node)
         return self.workers_used[loader]
 
     def random_workers(self, loader: str) -> int:
