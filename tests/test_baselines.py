@@ -64,7 +64,7 @@ def test_linear_probe_can_fit_unnormalised_features(random_clip) -> None:
     scaled = FitFeatures(train=3 * data.train, train_labels=data.train_labels, val=3 * data.val,
                          val_labels=data.val_labels)
     probe = LinearProbe(random_clip, normalize=False)
-    assert probe.normalized_features is False  # the data module encodes un-normalised features for it
+    assert probe.normalize_features is False  # the data module encodes un-normalised features for it
     probe.set_classnames(random_clip, NAMES)
     probe.fit_features(random_clip, scaled)
     test, labels = _clusters(10, seed=7)

@@ -57,14 +57,14 @@ def _compose_option(group: str, option: str) -> DictConfig:
 def test_every_option_composes_and_instantiates(group: str, option: str, random_clip, tmp_path, monkeypatch) -> None:
     cfg = _compose_option(group, option)
     if group == "method":
-        from promptlab.engine.build import learner_kwargs
+        from promptlab.engine.build import build_learner
+        from promptlab.methods.base import RunContext
 
         names = ["red circle", "blue square", "green star"]
         for key in ("depth", "text_depth", "vision_depth"):  # deep prompts: the random CLIP has 2 blocks a tower
             if key in cfg.method.learner:
                 cfg.method.learner[key] = min(int(cfg.method.learner[key]), 2)
-        learner = instantiate(cfg.method.learner, _convert_="all", clip=random_clip,
-                              **learner_kwargs(cfg.method, names, 0))
+        learner = build_learner(cfg.method, RunContext(clip=random_clip, classnames=names, init_seed=0))
         learner.set_classnames(random_clip, names)
         out = learner(random_clip, torch.randn(2, random_clip.embed_dim) if learner.instance_conditional else None)
         assert out.shape[-1] == random_clip.embed_dim

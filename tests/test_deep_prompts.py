@@ -277,7 +277,7 @@ def test_image_prompts_refuse_a_training_feature_cache(clip):
     from promptlab.engine.datamodule import PromptDataModule
 
     with pytest.raises(ConfigError, match="train_cache=on"):
-        PromptDataModule(clip, [], [], train_cache="on", images_through_learner=True)
+        PromptDataModule(clip, [], [], train_cache="on", encodes_images=True)
 
 
 # --------------------------------------------------------------------------- MaPLe coupling

@@ -16,7 +16,9 @@ def multirun_job(monkeypatch):
     """Pretend to be job `num` of a Hydra multirun."""
 
     def set_job(num: int) -> None:
-        monkeypatch.setattr(train, "_is_multirun", lambda: True)
+        import promptlab.engine.run as steps
+
+        monkeypatch.setattr(steps, "is_multirun", lambda: True)
         job = SimpleNamespace(job=SimpleNamespace(num=num))
         monkeypatch.setattr(train.HydraConfig, "get", staticmethod(lambda: job))
 
@@ -59,7 +61,9 @@ def test_the_assigned_gpu_reaches_the_trainer(tmp_path, multirun_job, monkeypatc
         seen.update(kwargs)
         raise RuntimeError("stop after the trainer's arguments")
 
-    monkeypatch.setattr(train, "instantiate", fake_instantiate)
+    import promptlab.engine.run as steps
+
+    monkeypatch.setattr(steps, "instantiate", fake_instantiate)
     cfg = compose_cfg([*tiny_overrides(tmp_path), "trainer.accelerator=gpu"])
     with pytest.raises(RuntimeError, match="stop after"):
         train.execute(cfg, tmp_path / "run")

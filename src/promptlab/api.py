@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptlab.config import compose
 from promptlab.config.registry import typed
-from promptlab.engine.build import RunParts, build_parts, learner_kwargs, load_learner
+from promptlab.engine.build import RunParts, build_learner, build_parts, load_learner
 from promptlab.errors import ConfigError, MissingPathError
+from promptlab.methods.base import RunContext
 
 __all__ = ["PromptClassifier", "build_run", "compose", "load_prompt", "read_sweep", "run"]
 
@@ -93,10 +94,7 @@ class PromptClassifier:
         from promptlab.methods import logits_from_features
 
         batch = images if isinstance(images, torch.Tensor) else self.preprocess(images)
-        if getattr(self.learner, "encodes_images", False):  # tokens inside the image tower (VPT, IVLP, MaPLe, ...)
-            features = self.learner.encode_images(self.clip, batch.to(self.device))
-        else:
-            features = self.clip.encode_image(batch.to(self.device))
+        features = self.learner.encode_images(self.clip, batch.to(self.device))
         if self.learner.direct_logits:  # a learner that scores images itself (Tip-Adapter-F)
             return self.learner.logits(self.clip, features)
         text = self.learner(self.clip, features if self.learner.instance_conditional else None).float()
@@ -133,10 +131,7 @@ def load_prompt(
     device = torch.device(device)
     clip = load_clip_from_config(model_cfg, device=device)
     names = list(payload["train_classnames"])
-    from hydra.utils import instantiate
-
-    learner = instantiate(method_cfg.learner, _convert_="all", clip=clip,
-                          **learner_kwargs(method_cfg, names, seed=0))
+    learner = build_learner(method_cfg, RunContext(clip=clip, classnames=names, init_seed=0))
     learner.set_classnames(clip, names)
     load_learner(path, learner, clip=clip, strict=strict)
     learner.to(device).eval()

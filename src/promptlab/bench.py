@@ -58,6 +58,7 @@ from promptlab.engine.module import PromptLearningModule
 from promptlab.io import atomic_write_json
 from promptlab.logs import quiet_libraries
 from promptlab.methods import CoCoOpPrompts, CoOpPrompts, logits_from_features
+from promptlab.methods.base import TrainingStep
 from promptlab.models import FrozenCLIP, load_clip
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -436,7 +437,6 @@ def deep_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.device, 
     def train_step(learner, model: FrozenCLIP, context) -> Callable[[], None]:
         """One optimisation step as PromptLearningModule.training_step computes its loss."""
         optimizer = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-        extra = getattr(learner, "loss_terms", None)
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
@@ -444,9 +444,7 @@ def deep_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.device, 
                 feats = learner.encode_images(model, x)
                 text = learner(model, feats).float()
                 logits = logits_from_features(feats, text, model.logit_scale())
-                loss = F.cross_entropy(logits, y)
-                if extra is not None:
-                    loss = loss + sum(extra(model, x, feats, text, logits).values())
+                loss = learner.training_loss(model, TrainingStep(x, feats, text, logits, y)).optimised
             loss.backward()
             optimizer.step()
 

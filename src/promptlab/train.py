@@ -1,10 +1,8 @@
 """The Hydra entry point: one run = fit a prompt learner (unless zero-shot), evaluate it as the protocol
 says, write the run record. `python -m promptlab.train <overrides>`; `-m` for sweeps.
 
-Learners fitted on features (`fits_features`: linear probe, Tip-Adapter) get the cached few-shot train and
-val features first (`learner.fit_features`), before Lightning's training if they also train (Tip-Adapter-F,
-then `learner.finish_fit`). A learner that cannot score other classes (`scores_unseen_classes=False`) has
-those evaluations recorded as not applicable, with the reason, instead of run.
+`execute` is the recipe: each step is a function of promptlab.engine.run (module, plan, trainer, fit, validate,
+evaluate); `run` adds the run states (running, interrupted, failed, complete), resume and the record.
 """
 
 from __future__ import annotations
@@ -27,28 +25,27 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from promptlab.cli_errors import user_errors_in_hydra_job
 from promptlab.config import LAUNCH_KEYS, register_configs, validate
 from promptlab.config.registry import choice, plain
+from promptlab.engine import run as steps
 from promptlab.engine.build import (
-    build_loggers,
+    RunParts,
     build_parts,
     effective_lr,
     finish_wandb,
-    optimizer_factory,
     resolve_epochs,
     run_label,
     save_learner,
 )
-from promptlab.engine.checkpointing import CHECKPOINT_NAME, RunCheckpoint, remove_checkpoint, resumable_checkpoint
-from promptlab.engine.module import EpochSelector, PromptLearningModule, ValidationSelector
+from promptlab.engine.checkpointing import remove_checkpoint
+from promptlab.engine.module import PromptLearningModule
+from promptlab.engine.run import DDP_STRATEGIES, gpu_for_job, is_multirun, job_devices  # noqa: F401 - re-exported
 from promptlab.errors import ConfigError
 from promptlab.logs import quiet_libraries
-from promptlab.protocols import get_protocol
+from promptlab.methods.base import PromptLearner
 from promptlab.results.records import (
     STATUS_COMPLETE,
     STATUS_INTERRUPTED,
@@ -66,8 +63,6 @@ log = logging.getLogger("promptlab")
 
 register_configs()
 
-DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
-
 
 # --------------------------------------------------------------------------- helpers
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -76,14 +71,10 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir) / "runs" / str(cfg.run_name)
 
 
-def _is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def check_launch(cfg: DictConfig) -> None:
     """Fail fast on a local multirun with DDP: Lightning would re-run the whole sweep in every rank."""
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    if not _is_multirun() or not any(strategy.startswith(s) for s in DDP_STRATEGIES):
+    if not is_multirun() or not any(strategy.startswith(s) for s in DDP_STRATEGIES):
         return
     launcher = str(OmegaConf.select(HydraConfig.get(), "launcher._target_", default=""))
     if "submitit" in launcher.lower():
@@ -96,7 +87,7 @@ def check_launch(cfg: DictConfig) -> None:
     )
 
 
-def summary_of(cfg: DictConfig, epochs: int, learner: Any = None, precision: str | None = None,
+def summary_of(cfg: DictConfig, epochs: int, learner: PromptLearner | None = None, precision: str | None = None,
                lr: float | None = None) -> dict[str, Any]:
     """The record's summary: what ran. With the built parts, the effective values (the learner's context
     length, the precision Lightning ran, the scaled lr) rather than the requested ones."""
@@ -115,230 +106,98 @@ def summary_of(cfg: DictConfig, epochs: int, learner: Any = None, precision: str
     }
     if lr is not None:
         summary["lr"] = lr
-    n_ctx = getattr(learner, "n_ctx", None) if learner is not None else method.learner.get("n_ctx")
-    if n_ctx is not None:
-        summary["n_ctx"] = int(n_ctx)
-    text_prompts = getattr(learner, "text_prompts", None)
-    if text_prompts is not None:
-        # Which hand-written prompts ran; a value that varies in a sweep also splits the result table's rows.
-        summary["prompts"] = str(cfg.prompts.templates)
-        summary.update(text_prompts.summary())
+    if learner is None:
+        if method.learner.get("n_ctx") is not None:
+            summary["n_ctx"] = int(method.learner.n_ctx)
+    else:
+        if learner.text_prompts is not None:
+            # Which hand-written prompts ran; a value that varies in a sweep also splits the result table's rows.
+            summary["prompts"] = str(cfg.prompts.templates)
+        summary.update(learner.summary())
     generator = cfg.dataset.get("generator")
     if generator is not None:
         summary["spurious"] = float(generator.spurious)
     return summary
 
 
-def gpu_for_job(job_num: int, n_gpus: int) -> int:
-    """The GPU of a sweep's job: job numbers go round the visible GPUs, so N parallel jobs on N GPUs (or 2N
-    on N) share them evenly."""
-    return job_num % n_gpus
+@dataclass
+class RunObjects:
+    """The live parts of a finished run (for the record's writer, the analysis, the API)."""
 
+    trainer: L.Trainer
+    module: PromptLearningModule
+    parts: RunParts
 
-def job_devices(cfg: DictConfig, n_gpus: int | None = None) -> tuple[list[int], str] | None:
-    """With assign_gpus, a single-device job of a multirun on a machine with several GPUs runs on its own GPU
-    (launcher=joblib runs jobs in parallel; without this every job would land on GPU 0). Returns the
-    Trainer's `devices` and a note for the record, or None when nothing is to be assigned."""
-    if not cfg.get("assign_gpus", True) or not _is_multirun():
-        return None
-    trainer = cfg.trainer
-    if str(trainer.devices) != "1" or str(trainer.accelerator) not in ("auto", "gpu", "cuda"):
-        return None
-    if any(str(trainer.strategy).startswith(s) for s in DDP_STRATEGIES):
-        return None
-    n_gpus = torch.cuda.device_count() if n_gpus is None else n_gpus
-    if n_gpus < 2:
-        return None
-    job_num = int(HydraConfig.get().job.num)
-    gpu = gpu_for_job(job_num, n_gpus)
-    return [gpu], f"job {job_num} of the sweep placed on GPU {gpu} of {n_gpus} (assign_gpus=true)"
+    @property
+    def learner(self) -> PromptLearner:
+        return self.parts.learner
 
 
 # --------------------------------------------------------------------------- the run
-def execute(cfg: DictConfig, run_dir: Path, config_digest: str | None = None) -> dict[str, Any]:
-    """Fit and evaluate; returns the record's fields (metrics, evaluations, timings, notes).
-
-    With `config_digest` (the resume hash) and checkpoint.enabled, training writes `last.ckpt` at epoch ends
-    and, with resume=true, continues from one this config left behind."""
+def execute(cfg: DictConfig, run_dir: Path, config_digest: str | None = None) -> tuple[dict[str, Any], RunObjects]:
+    """Fit and evaluate; returns (the record's fields: metrics, evaluations, timings, notes, ...; the live
+    objects). With `config_digest` (the resume hash) training keeps in-run checkpoints (engine.run.resume_state)."""
     t_start = time.perf_counter()
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    method, optim = cfg.method, cfg.method.optim
-    epochs = resolve_epochs(optim, cfg.dataset, int(cfg.shots))
+    epochs = resolve_epochs(cfg.method.optim, cfg.dataset, int(cfg.shots))
     parts = build_parts(cfg, prompt=Path(cfg.load_prompt) if cfg.get("load_prompt") else None)
-    clip, data, learner, datamodule = parts.clip, parts.data, parts.learner, parts.datamodule
-    lr = effective_lr(method)
-    module = PromptLearningModule(
-        clip, learner, optimizer=optimizer_factory(method), lr=lr, max_epochs=max(epochs, 1),
-        warmup_epochs=int(optim.warmup_epochs), warmup_lr=float(optim.warmup_lr), run_name=str(cfg.run_name),
-        schedule_unit=choice(optim.get("schedule_unit", "epoch")),
-    )
-    trains = learner.trainable and epochs > 0
-    selector = None
-    if trains and learner.selects_epoch:
-        selector = EpochSelector(split="test" if getattr(learner, "select_on_test", False) else "val")
-    val_cfg = cfg.get("validation")
-    validating = val_cfg is not None and bool(data.val_items)
-    every_val = int(val_cfg.every_n_epochs) if validating and trains else 0
-    if selector is None and trains and validating and choice(val_cfg.selection) == "best_val":
-        selector = ValidationSelector()
-    placement = job_devices(cfg)
-    callbacks: list[L.Callback] = [selector] if selector is not None else []
-    ckpt_cfg = cfg.get("checkpoint")
-    resume_from, resume_note = None, None
-    checkpoints = trains and config_digest is not None and ckpt_cfg is not None and bool(ckpt_cfg.enabled)
-    if checkpoints:
-        callbacks.append(RunCheckpoint(run_dir / CHECKPOINT_NAME, config_digest, ckpt_cfg.every_n_epochs,
-                                       ckpt_cfg.every_n_minutes))
-        if cfg.get("resume", True):
-            resume_from, resume_note = resumable_checkpoint(run_dir, config_digest)
-    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=max(epochs, 1), logger=build_loggers(cfg, run_dir),
-                                     use_distributed_sampler=False, default_root_dir=str(run_dir),
-                                     callbacks=callbacks or None,
-                                     # Lightning refuses a Checkpoint callback unless checkpointing is enabled.
-                                     **({"enable_checkpointing": True} if checkpoints else {}),
-                                     # every_n_epochs=0: no validation during fit (only the one after it).
-                                     check_val_every_n_epoch=every_val or max(epochs, 1) + 1,
-                                     limit_val_batches=1.0 if validating else 0,
-                                     **({"devices": placement[0]} if placement else {}))
-    # Lightning may change the precision (16-mixed falls back to bf16-mixed on CPU): encode features as it runs.
-    datamodule.precision = str(trainer.precision)
-    # The node's ranks share its CPUs among their loader workers, also for the test features extracted before fit
-    # (the data module reads it from here, not from its trainer, which Lightning attaches only in fit).
-    datamodule.ranks_per_node = trainer.num_devices
+    learner = parts.learner
+    module = steps.build_module(cfg, parts, epochs)
+    plan = steps.training_plan(cfg, learner, parts, epochs)
+    resume = steps.resume_state(cfg, run_dir, plan, config_digest)
+    trainer = steps.build_trainer(cfg, run_dir, plan, resume, config_digest)
+    steps.attach_trainer(parts, trainer)
     t_setup = time.perf_counter()
-    precheck_s = 0.0
-    fit_notes: list[str] = []
-    fit_summary: dict[str, Any] = {}
-    fit_data = None
-    if learner.fits_features:
-        module.to(trainer.strategy.root_device)  # encode and fit on the run's device
-        fit_data = datamodule.fit_features()  # few-shot train and val only: the test split is not read
-        if cfg.get("load_prompt"):
-            fit_notes.append(f"fitted state loaded from {cfg.load_prompt}")  # not fitted again
-        else:
-            fit_notes.append(_chosen_note(learner.fit_features(clip, fit_data)))
-    if selector is not None and not isinstance(selector, ValidationSelector):
-        _held_out(selector, data, datamodule, fit_data)
-    if resume_note is not None:
-        fit_notes.append(resume_note)
-    if trains:
-        # Every test image is decoded before training (with cached features: they are extracted now and reused by
-        # the evaluations): a bad test image stops the run here, not after the training it would waste.
-        module.to(trainer.strategy.root_device)
-        t_check = time.perf_counter()
-        for eval_set in data.eval_sets:
-            if learner.scores_unseen_classes or list(eval_set.classnames) == list(data.train_classnames):
-                datamodule.check_eval_images(eval_set)
-        precheck_s = time.perf_counter() - t_check  # test features extracted now: counted as evaluation time
-        # weights_only: a checkpoint holds tensors and plain containers only (RunCheckpoint writes nothing else).
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        if fit_data is not None:
-            fit_notes.append(_chosen_note(learner.finish_fit(clip, fit_data)))
-    if selector is not None and selector.best is not None:
-        fit_summary["epoch_selected_on"] = selector.split
-        fit_notes.append(f"epoch {selector.summary()['selected_epoch']} of {epochs} kept: best accuracy on the "
-                         f"{selector.split} split ({', '.join(f'{a:.2f}' for a in selector.history)} by epoch)")
-        if selector.split != "val":
-            fit_notes.append("EPOCH SELECTED ON THE TEST SET (method.learner.select_on_test=true, the reference's "
-                             "choice): the test accuracy is optimistic, not a held-out estimate")
-    validation = _validate(trainer, module, datamodule, data, val_cfg, epochs if trains else 0, selector) \
-        if validating else {"split": "val", "n_images": 0, "note": "no few-shot val split: nothing validated"}
-    fit_s = time.perf_counter() - t_setup - precheck_s if (trains or learner.fits_features) else 0.0
+    fitted = steps.fit(cfg, trainer, module, parts, plan, resume)
+    validation = steps.validate(cfg, trainer, module, parts, plan)
+    fit_s = time.perf_counter() - t_setup - fitted.precheck_s if (plan.trains or learner.fits_features) else 0.0
     if trainer.is_global_zero and learner.trainable:
-        save_learner(run_dir / "prompt_learner.pt", learner, cfg, clip=clip)
-        log_prompt_artifact(trainer.loggers, run_dir / "prompt_learner.pt", run_label(cfg),
-                            {"method": cfg.method.name, "dataset": cfg.dataset.name, "seed": int(cfg.seed),
-                             "shots": int(cfg.shots), "backbone": cfg.model.display_name or cfg.model.name})
-
+        save_prompt(cfg, run_dir, parts, trainer)
     t_eval = time.perf_counter()
-    evaluations = []
-    for eval_set in data.eval_sets:
-        if not learner.scores_unseen_classes and list(eval_set.classnames) != list(data.train_classnames):
-            reason = learner.unseen_classes_reason or f"{type(learner).__name__} cannot score other classes"
-            evaluations.append({
-                "name": eval_set.name, "dataset": eval_set.dataset, "subset": eval_set.subset,
-                "n_images": len(eval_set.items), "n_classes": len(eval_set.classnames), "not_applicable": reason,
-            })
-            fit_notes.append(f"evaluation {eval_set.name!r} not applicable (not run): {reason}")
-            continue
-        learner.set_classnames(clip, eval_set.classnames)
-        datamodule.active_eval = eval_set
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        evaluations.append({
-            "name": eval_set.name, "dataset": eval_set.dataset, "subset": eval_set.subset,
-            "acc": module.last_eval["acc"], "n_correct": module.last_eval["n_correct"],
-            "n_images": module.last_eval["n_images"], "n_classes": len(eval_set.classnames),
-            "top5_acc": module.last_eval["top5_acc"], "n_correct_top5": module.last_eval["n_correct_top5"],
-            "mean_per_class_acc": module.last_eval["mean_per_class_acc"],
-        })
-    eval_s = time.perf_counter() - t_eval + precheck_s
-    prompt_notes = list(getattr(getattr(learner, "text_prompts", None), "notes", []))
-    notes = list(data.notes) + ([placement[1]] if placement else []) + prompt_notes
-    skipped = datamodule.train_skipped + [s for e in data.eval_sets for s in e.skipped]
-    if skipped:
-        notes.append(f"skipped {len(skipped)} unreadable images (on_error=skip): "
-                     + ", ".join(s["impath"] for s in skipped[:20]))
-    train_loss = trainer.callback_metrics.get("train/loss_epoch")
+    evaluations, eval_notes = steps.evaluate(trainer, module, parts)
+    eval_s = time.perf_counter() - t_eval + fitted.precheck_s
+    training = module.loss_terms_logged() if plan.trains else {}
     summary = summary_of(cfg, epochs if learner.trainable else 0, learner=learner,
-                         precision=str(trainer.precision), lr=lr if learner.trainable else None)
-    return {
-        "summary": {**summary, **fit_summary},
-        "metrics": _metrics(choice(cfg.protocol.name), evaluations),
+                         precision=str(trainer.precision), lr=effective_lr(cfg.method) if learner.trainable else None)
+    fields = {
+        "summary": {**summary, **fitted.summary},
+        "metrics": steps.protocol_metrics(choice(cfg.protocol.name), evaluations),
         "evaluations": evaluations,
         "timings": {"total_s": time.perf_counter() - t_start, "setup_s": t_setup - t_start, "fit_s": fit_s,
                     "eval_s": eval_s},
-        "notes": notes + fit_notes
-        + ([f"final train loss {float(train_loss):.4f}"] if train_loss is not None else []),
+        "notes": steps.run_notes(parts, plan) + fitted.notes + eval_notes
+        + ([f"final train loss {training['loss']:.4f}"] if "loss" in training else []),
         "validation": validation,
-        "loader_workers": dict(datamodule.workers_used),
-        "trainer": trainer,
-        "learner": learner,
-        "clip": clip,
-        "data": data,
-        "datamodule": datamodule,
+        "training": training,
+        "loader_workers": dict(parts.datamodule.workers_used),
     }
+    return fields, RunObjects(trainer, module, parts)
 
 
-def _metrics(protocol_name: str, evaluations: list[dict[str, Any]]) -> dict[str, float]:
-    protocol = get_protocol(protocol_name)
-    return {**protocol.metrics(evaluations), **protocol.extra_metrics(evaluations)}
+def save_prompt(cfg: DictConfig, run_dir: Path, parts: RunParts, trainer: L.Trainer) -> None:
+    """The learned tensors (prompt_learner.pt), and the W&B artifact when W&B logs the run."""
+    save_learner(run_dir / "prompt_learner.pt", parts.learner, cfg, clip=parts.clip)
+    log_prompt_artifact(trainer.loggers, run_dir / "prompt_learner.pt", run_label(cfg),
+                        {"method": cfg.method.name, "dataset": cfg.dataset.name, "seed": int(cfg.seed),
+                         "shots": int(cfg.shots), "backbone": cfg.model.display_name or cfg.model.name})
 
 
-def _validate(trainer: L.Trainer, module: PromptLearningModule, datamodule: Any, data: Any, val_cfg: DictConfig,
-              epochs: int, selector: EpochSelector | None) -> dict[str, Any]:
-    """The record's `validation`: the accuracy on the few-shot val split of the prompt that is evaluated, and the
-    history of the epochs validated during training. Validation after training runs unless the last epoch was
-    validated and kept."""
-    history = list(module.val_history)
-    restored = selector is not None and selector.best is not None and selector.best[1] + 1 != epochs
-    if not history or history[-1]["epoch"] != epochs or restored:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-    final = module.last_val
-    record = {"split": "val", "acc": final["acc"], "n_correct": final["n_correct"], "n_images": final["n_images"],
-              "every_n_epochs": int(val_cfg.every_n_epochs), "selection": choice(val_cfg.selection),
-              "history": history}
-    if selector is not None and selector.best is not None:
-        record["selected_epoch"] = selector.best[1] + 1
-    return record
+@dataclass
+class Job:
+    """What every record of a job repeats: its folder, config hash, overrides, config and launch."""
 
+    run_dir: Path
+    digest: str
+    overrides: list[str]
+    config: dict[str, Any]
+    launch: dict[str, Any]
 
-def _held_out(selector: EpochSelector, data: Any, datamodule: Any, fit_data: Any) -> None:
-    """Give the selector its held-out set: the few-shot val split, or (select_on_test, the Tip-Adapter-F
-    reference's choice) the source test set, the first evaluation, whose classes are the training classes."""
-    if selector.split == "test":
-        selector.features, selector.labels = datamodule.eval_features(data.eval_sets[0])
-        return
-    fit_data = fit_data if fit_data is not None else datamodule.fit_features()
-    if fit_data.val_labels.numel() == 0:
-        raise ConfigError("the epoch is chosen on the few-shot val split, which is empty (dataset val split).")
-    selector.features, selector.labels = fit_data.val, fit_data.val_labels
-
-
-def _chosen_note(chosen: dict[str, Any]) -> str:
-    return "fitted on the few-shot train/val features: " + ", ".join(
-        f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+    def record(self, cfg: DictConfig, status: str, **fields: Any) -> dict[str, Any]:
+        summary = fields.pop("summary", None)
+        return make_record(self.run_dir, status=status, summary=summary if summary is not None else _safe_summary(cfg),
+                           config_hash=self.digest, overrides=self.overrides, config=self.config, **fields)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -352,62 +211,68 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("resume", True) and is_complete(run_dir, digest):
         log.info("skipping %s: %s already holds a complete record of this config", cfg.run_name, run_dir)
         return read_record(run_dir)
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    launch = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    job = Job(run_dir, digest, list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+              plain_cfg, {"pid": os.getpid(), "host": socket.gethostname(),
+                          "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     if _rank() == 0:
         # A job killed without a chance to say so (SIGKILL, power loss) leaves this `running` record behind.
-        write_record(run_dir, make_record(run_dir, status=STATUS_RUNNING, summary=_safe_summary(cfg),
-                                          config_hash=digest, overrides=overrides, config=plain_cfg, launch=launch))
+        write_record(run_dir, job.record(cfg, STATUS_RUNNING, launch=job.launch))
     interruption = Interruption()
     try:
         with interrupt_signals() as interruption:
-            result = execute(cfg, run_dir, config_digest=digest)
+            fields, objects = execute(cfg, run_dir, config_digest=digest)
     except BaseException as err:
-        if not (isinstance(err, KeyboardInterrupt) or interruption.signum is not None):
-            if _rank() == 0:
-                write_record(run_dir, error_record(run_dir, err, summary=_safe_summary(cfg), config_hash=digest,
-                                                   overrides=overrides, config=plain_cfg))
-            finish_wandb()
-            raise
-        # Ctrl-C, SIGTERM or SLURM's pre-emption signal: say so, and how to go on.
-        if _rank() == 0:
-            write_record(run_dir, make_record(run_dir, status=STATUS_INTERRUPTED, summary=_safe_summary(cfg),
-                                              config_hash=digest, overrides=overrides, config=plain_cfg,
-                                              launch=launch))
-        finish_wandb()
-        print(f"promptlab: {cfg.run_name} interrupted; rerun the same command to resume (finished jobs are "
-              "skipped, this one continues from its last checkpoint).", file=sys.stderr, flush=True)
-        if isinstance(err, SystemExit) and interruption.signum == _preemption_signal():
-            raise  # submitit requeued the job and asked to exit: keep its exit code
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    record = make_record(
-        run_dir, status=STATUS_COMPLETE, summary=result["summary"], config_hash=digest, overrides=overrides,
-        config=plain_cfg, metrics=result["metrics"], evaluations=result["evaluations"],
-        timings=result["timings"], notes=result["notes"], backbone=result["clip"].record(),
-    )
-    record["validation"] = result["validation"]
-    # What ran: worker processes per image loader (loader.num_workers=null decides them from the machine).
-    record["loader_workers"] = result["loader_workers"]
-    trainer = result["trainer"]
-    if trainer.is_global_zero:
-        if cfg.get("analysis", False) and result["learner"].direct_logits:
-            # The drift diagnostics compare learned class-text embeddings; these learners do not score by them.
-            log.warning("analysis=true skipped: %s does not classify by text embeddings", cfg.method.name)
-        elif cfg.get("analysis", False):
-            from promptlab.analysis.runs import analyze_run_objects
-
-            analyze_run_objects(run_dir, cfg, result)
-        try:
-            write_record(run_dir, record)
-            if not OmegaConf.select(cfg, "checkpoint.keep", default=False):
-                remove_checkpoint(run_dir)  # the job is complete: a rerun skips it and never resumes
-        except OSError as err:  # the results are still shown; only the file is missing
-            log.error("could not write the run record %s: %s", run_dir / "metrics.json", err)
-        _log_test_metrics(trainer, record)
-        print_run(record, run_dir)
+        _stopped(cfg, job, err, interruption)
+        raise
+    record = job.record(cfg, STATUS_COMPLETE, summary=fields["summary"], metrics=fields["metrics"],
+                        evaluations=fields["evaluations"], timings=fields["timings"], notes=fields["notes"],
+                        backbone=objects.parts.clip.record())
+    # What ran: the validation, the optimised loss and its terms, worker processes per image loader.
+    for key in ("validation", "training", "loader_workers"):
+        record[key] = fields[key]
+    if objects.trainer.is_global_zero:
+        _finish(cfg, job, record, objects)
     finish_wandb()
     return record
+
+
+def _stopped(cfg: DictConfig, job: Job, err: BaseException, interruption: Interruption) -> None:
+    """A job that raised: a `failed` record, or (Ctrl-C, SIGTERM, SLURM's pre-emption) an `interrupted` one
+    with how to go on; raises the exit to use, or returns to let the error propagate."""
+    if not (isinstance(err, KeyboardInterrupt) or interruption.signum is not None):
+        if _rank() == 0:
+            write_record(job.run_dir, error_record(job.run_dir, err, summary=_safe_summary(cfg),
+                                                   config_hash=job.digest, overrides=job.overrides,
+                                                   config=job.config))
+        finish_wandb()
+        return
+    if _rank() == 0:
+        write_record(job.run_dir, job.record(cfg, STATUS_INTERRUPTED, launch=job.launch))
+    finish_wandb()
+    print(f"promptlab: {cfg.run_name} interrupted; rerun the same command to resume (finished jobs are "
+          "skipped, this one continues from its last checkpoint).", file=sys.stderr, flush=True)
+    if isinstance(err, SystemExit) and interruption.signum == _preemption_signal():
+        return  # submitit requeued the job and asked to exit: keep its exit code
+    raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _finish(cfg: DictConfig, job: Job, record: dict[str, Any], objects: RunObjects) -> None:
+    """On rank 0: the optional analysis, the complete record (then the in-run checkpoint goes), loggers, table."""
+    if cfg.get("analysis", False) and objects.learner.direct_logits:
+        # The drift diagnostics compare learned class-text embeddings; these learners do not score by them.
+        log.warning("analysis=true skipped: %s does not classify by text embeddings", cfg.method.name)
+    elif cfg.get("analysis", False):
+        from promptlab.analysis.runs import analyze_run_objects
+
+        analyze_run_objects(job.run_dir, cfg, objects.parts, record["summary"])
+    try:
+        write_record(job.run_dir, record)
+        if not OmegaConf.select(cfg, "checkpoint.keep", default=False):
+            remove_checkpoint(job.run_dir)  # the job is complete: a rerun skips it and never resumes
+    except OSError as err:  # the results are still shown; only the file is missing
+        log.error("could not write the run record %s: %s", job.run_dir / "metrics.json", err)
+    _log_test_metrics(objects.trainer, record)
+    print_run(record, job.run_dir)
 
 
 EXIT_INTERRUPTED = 130  # the shell's code for a job stopped by SIGINT

@@ -460,7 +460,7 @@ def analyze(
     if learner.direct_logits:
         raise AnalysisError(f"{type(learner).__name__} scores images itself (direct_logits): it has no class-text "
                             "embeddings for the drift diagnostics to compare; analyse a prompt-learning run.")
-    encodes_images = bool(getattr(learner, "encodes_images", False))
+    encodes_images = learner.encodes_images
     if encodes_images and learned_features_fn is None:
         raise AnalysisError(f"{type(learner).__name__} encodes images through its own image-tower tokens: pass "
                             "learned_features_fn (promptlab.analysis.runs.prompted_features_fn) so that the learned "

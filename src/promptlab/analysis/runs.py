@@ -25,7 +25,7 @@ def prompted_features_fn(datamodule: Any, clip: Any, learner: Any) -> FeaturesFn
     """The image features a learner with image-tower tokens (`encodes_images`) scores with: each evaluation
     image read with the test transform and encoded through the learner, as the run's test loop does (same
     items and order as `datamodule.eval_features`, same autocast). None for a learner that scores frozen features."""
-    if not getattr(learner, "encodes_images", False):
+    if not learner.encodes_images:
         return None
     from promptlab.data.image_dataset import ImageDataset
     from promptlab.engine.features import autocast_context
@@ -56,15 +56,16 @@ def _run_info(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
     return {"run_dir": str(Path(run_dir).resolve())} | {k: summary[k] for k in keys if k in summary}
 
 
-def analyze_run_objects(run_dir: Path, cfg: Any, result: Mapping[str, Any]) -> dict[str, Path]:
-    """Diagnostics of a run that has just finished (train.run with analysis=true), from its live objects."""
-    data, datamodule = result["data"], result["datamodule"]
+def analyze_run_objects(run_dir: Path, cfg: Any, parts: Any, summary: Mapping[str, Any]) -> dict[str, Path]:
+    """Diagnostics of a run that has just finished (train.run with analysis=true), from its live parts
+    (engine.build.RunParts) and its record's summary."""
+    data, datamodule, clip, learner = parts.data, parts.datamodule, parts.clip, parts.learner
     dataset_dir = data.source_splits.dataset_dir if data.source_splits is not None else None
-    analysis = analyze(result["clip"], result["learner"], list(cfg.dataset.templates), data.eval_sets,
+    analysis = analyze(clip, learner, list(cfg.dataset.templates), data.eval_sets,
                        datamodule.eval_features, dataset_dir=dataset_dir, seed=int(cfg.seed),
-                       learned_features_fn=prompted_features_fn(datamodule, result["clip"], result["learner"]))
-    analysis["run"] = _run_info(Path(run_dir), result.get("summary") or {})
-    analysis["prompt_words"] = prompt_words(result["clip"], result["learner"])
+                       learned_features_fn=prompted_features_fn(datamodule, clip, learner))
+    analysis["run"] = _run_info(Path(run_dir), summary or {})
+    analysis["prompt_words"] = prompt_words(clip, learner)
     paths = write_analysis(analysis, Path(run_dir) / ANALYSIS_DIRNAME)
     log.info("prompt-drift analysis written to %s", Path(run_dir) / ANALYSIS_DIRNAME)
     return paths

@@ -24,6 +24,7 @@ from promptlab.launch import is_launch_key
 CONFIG_PACKAGE = "pkg://promptlab.conf"
 
 _registered = False
+_stored_methods: dict[str, type] = {}
 
 
 def safe_dirname(text: str) -> str:
@@ -45,14 +46,21 @@ def job_dirname(overrides: Sequence[str]) -> str:
 
 
 def register_configs() -> None:
-    """Store the schemas in Hydra's ConfigStore and register the resolvers (idempotent)."""
+    """Store the schemas in Hydra's ConfigStore and register the resolvers (idempotent; a method registered
+    since the last call is stored by the next)."""
     global _registered
+    cs = ConfigStore.instance()
+    for name, node in schema.method_schemas().items():
+        if _stored_methods.get(name) is node:
+            continue
+        cs.store(group="schema/method", name=name, node=node)
+        if not _has_method_yaml(name):
+            # A method without a preset file composes as its registered dataclass: `method=<name>` just works.
+            cs.store(group="method", name=name, node=node)
+        _stored_methods[name] = node
     if _registered:
         return
-    cs = ConfigStore.instance()
     cs.store(name="train_schema", node=schema.TrainConfig)
-    for name, node in schema.METHOD_SCHEMAS.items():
-        cs.store(group="schema/method", name=name, node=node)
     for name, node in schema.LOGGER_SCHEMAS.items():
         cs.store(group="schema/logger", name=name, node=node)
     for name, node in schema.OPTIMIZER_SCHEMAS.items():
@@ -65,6 +73,12 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("template_set", _template_set, replace=True)
     OmegaConf.register_new_resolver("file_sha256", _file_sha256, replace=True)
     _registered = True
+
+
+def _has_method_yaml(name: str) -> bool:
+    from importlib.resources import files
+
+    return files("promptlab.conf").joinpath("method", f"{name}.yaml").is_file()
 
 
 def _prompt_templates(spec: str, dataset_templates: Any, ensemble_templates: Any, dataset_name: str) -> list[str]:
@@ -135,7 +149,7 @@ def typed(config: Mapping[str, Any]) -> DictConfig:
     method = data.pop("method", None)
     cfg = OmegaConf.merge(cfg, data)
     if method is not None:
-        node = schema.METHOD_SCHEMAS.get(str(method.get("name")))
+        node = schema.method_schemas().get(str(method.get("name")))
         method_cfg = OmegaConf.structured(node) if node is not None else OmegaConf.create({})
         if node is not None:
             # The saved optimiser node replaces the schema's empty slot (any optimiser class).

@@ -7,7 +7,6 @@ ConfigError naming the key, the value and what is allowed, and all failures are 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from functools import lru_cache
 from typing import Any
@@ -20,36 +19,6 @@ from promptlab.errors import ConfigError
 
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
-
-
-@lru_cache(maxsize=64)
-def phrase_token_count(phrase: str) -> int:
-    """BPE tokens of an init phrase under CLIP's tokenizer (the one every supported backbone uses)."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return len(_tokenizer(SimpleTokenizer).encode(phrase.replace("_", " ").strip()))
-
-
-@lru_cache(maxsize=1)
-def _tokenizer(factory: Callable[[], Any]) -> Any:
-    return factory()
-
-
-def check_context(n_ctx: int, ctx_init: str | None, key: str = "method.learner", keep_init_tail: bool = False) -> None:
-    """The context rule: with an init phrase the context has one vector per phrase token (the reference
-    CoOp/CoCoOp), so an n_ctx that differs from the phrase's token count is refused, not silently ignored."""
-    if n_ctx < 1:
-        raise ConfigError(f"{key}.n_ctx={n_ctx}: a context needs at least one vector (n_ctx >= 1).")
-    if ctx_init:
-        tokens = phrase_token_count(ctx_init)
-        if keep_init_tail and n_ctx <= tokens:
-            return  # deep prompt learners: the first n_ctx phrase tokens are learned, the rest stay fixed words
-        if tokens != n_ctx:
-            raise ConfigError(
-                f"{key}.n_ctx={n_ctx} but {key}.ctx_init={ctx_init!r} is {tokens} tokens: the context is "
-                f"initialised from the phrase, one vector per token, so it has {tokens} vectors. Set "
-                f"{key}.n_ctx={tokens}, or {key}.ctx_init=null for {n_ctx} random vectors."
-            )
 
 
 def unknown_keys(node: Any, path: str = "") -> list[str]:
@@ -119,16 +88,10 @@ def problems(cfg: DictConfig) -> list[str]:
     need(optim.reference_batch_size >= 1,
          f"method.optim.reference_batch_size={optim.reference_batch_size}: must be at least 1.")
 
-    # ProGrad (a learner with init_split) puts its phrase after zero vectors, n_ctx >= the phrase: its own check.
-    if "n_ctx" in learner and "init_split" not in learner:
-        try:
-            check_context(int(learner.n_ctx), learner.get("ctx_init"),
-                          keep_init_tail=bool(learner.get("keep_init_tail")))
-        except ConfigError as err:
-            found.append(str(err))
-    found += _baseline_problems(method)
-    if "class_chunk" in learner and learner.class_chunk is not None:
-        need(learner.class_chunk >= 1, f"method.learner.class_chunk={learner.class_chunk}: must be at least 1 or null.")
+    found += _method_problems(cfg)
+    need(not (optim.get("schedule_unit") == ScheduleUnit.step and optim.warmup_epochs != 0),
+         f"method.optim.schedule_unit=step with warmup_epochs={optim.warmup_epochs}: the per-iteration cosine "
+         "(Tip-Adapter-F) has no warm-up; set method.optim.warmup_epochs=0.")
     protocol = cfg.protocol.name
     if learner.get("csc") and protocol != ProtocolName.fewshot:
         found.append(
@@ -190,27 +153,21 @@ def _prompt_problems(cfg: DictConfig) -> list[str]:
     return out
 
 
-def _baseline_problems(method: DictConfig) -> list[str]:
-    """Ranges of the linear probe's C search and Tip-Adapter's alpha/beta grid, and the per-iteration schedule."""
-    learner, optim = method.learner, method.optim
-    out = []
-    if "c_grid" in learner:
-        if not learner.c_grid or any(c <= 0 for c in learner.c_grid):
-            out.append(f"method.learner.c_grid={list(learner.c_grid)}: needs at least one C, every C > 0.")
-        if learner.search_steps < 0 or learner.max_iter < 1:
-            out.append(f"method.learner.search_steps={learner.search_steps} / max_iter={learner.max_iter}: "
-                       "search_steps >= 0 and max_iter >= 1.")
-    if "search_scale" in learner:
-        scale, steps = list(learner.search_scale), list(learner.search_step)
-        if len(scale) != 2 or len(steps) != 2 or any(s <= 0.1 for s in scale) or any(n < 1 for n in steps):
-            out.append(f"method.learner.search_scale={scale} / search_step={steps}: pairs [beta, alpha] with each "
-                       "scale > 0.1 (the grid starts at 0.1) and each step count >= 1.")
-        if learner.init_alpha < 0 or learner.init_beta < 0:
-            out.append(f"method.learner.init_alpha={learner.init_alpha} / init_beta={learner.init_beta}: must be >= 0.")
-    if optim.get("schedule_unit") == ScheduleUnit.step and optim.warmup_epochs != 0:
-        out.append(f"method.optim.schedule_unit=step with warmup_epochs={optim.warmup_epochs}: the per-iteration "
-                   "cosine (Tip-Adapter-F) has no warm-up; set method.optim.warmup_epochs=0.")
-    return out
+def _method_problems(cfg: DictConfig) -> list[str]:
+    """The method's own checks (`PromptLearner.config_problems`, beside each learner), with the run's model's
+    tokenizer for phrase lengths (models/tokens.py: the rule the learner applies when it is built)."""
+    from promptlab.methods.registry import learner_class
+    from promptlab.models.tokens import token_counter
+
+    try:
+        cls = learner_class(cfg.method)
+    except ConfigError as err:
+        return [str(err)]
+    try:
+        count = token_counter(cfg.model)
+    except Exception:  # noqa: BLE001 - no tokenizer without the model: the learner checks when it is built
+        count = None
+    return cls.config_problems(cfg.method.learner, count)
 
 
 def _reader_problems(cfg: DictConfig) -> list[str]:

@@ -17,12 +17,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from promptlab.config.method import LrScaling, SGDConf
 from promptlab.config.registry import choice, plain
-from promptlab.config.schema import LrScaling, SGDConf
 from promptlab.engine.datamodule import PromptDataModule, feature_batch_size
 from promptlab.errors import ConfigError, MissingPathError
 from promptlab.io import atomic_torch_save
 from promptlab.launch import is_launch_key
+from promptlab.methods.base import PromptLearner, RunContext
+from promptlab.methods.registry import learner_class
 from promptlab.models import load_clip_from_config
 from promptlab.protocols import ProtocolData, get_protocol
 
@@ -137,8 +139,9 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
         Path(cfg.paths.fewshot_dir) if cfg.paths.get("fewshot_dir") else None,
         on_error=choice(cfg.loader.on_error), save_fewshot=uses_fewshot(cfg),
     )
-    learner = instantiate(method.learner, _convert_="all", clip=clip,
-                          **learner_kwargs(method, data.train_classnames, int(cfg.seed)))
+    context = RunContext(clip=clip, classnames=list(data.train_classnames), init_seed=int(cfg.seed),
+                         dataset=str(cfg.dataset.name))
+    learner = build_learner(method, context)
     learner.set_classnames(clip, data.train_classnames)
     if prompt is not None:
         load_learner(prompt, learner, clip=clip, strict=bool(cfg.get("load_prompt_strict", True)))
@@ -151,39 +154,36 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
         train_views=int(loader.train_views), eval_cache=bool(cfg.eval_cache),
         cache_dir=Path(cfg.paths.cache_dir), on_error=choice(cfg.loader.on_error),
         precision=str(cfg.trainer.precision), seed=int(cfg.seed),
-        val_items=data.val_items, normalize_features=bool(getattr(learner, "normalized_features", True)),
+        val_items=data.val_items, normalize_features=learner.normalize_features,
         augment_backend=choice(loader.get("augment_backend", "tensor")),
         decoded_cache_disk=bool(loader.get("decoded_cache_disk", False)),
-        images_through_learner=bool(getattr(learner, "encodes_images", False)),
+        encodes_images=learner.encodes_images,
         feature_eval_batch_size=feature_batch_size(learner, int(loader.eval_batch_size)),
     )
     return RunParts(clip, data, learner, datamodule)
+
+
+def learner_options(method: DictConfig) -> dict[str, Any]:
+    """The learner node as constructor arguments (resolved, enums as their values, without `_target_`)."""
+    options = OmegaConf.to_container(method.learner, resolve=True, enum_to_str=True)
+    assert isinstance(options, dict)
+    options.pop("_target_", None)
+    return {str(k): v for k, v in options.items()}
+
+
+def build_learner(method: DictConfig, context: RunContext) -> PromptLearner:
+    """The run's learner: its class's `build` from the learner node and the run's context."""
+    return learner_class(method).build(learner_options(method), context)
 
 
 def uses_fewshot(cfg: DictConfig) -> bool:
     """Whether the run learns from its few-shot selection (so it is saved for the other runs to reuse): a
     learner fitted on features, or a trainable one with epochs to train. Zero-shot runs and the evaluation
     of a loaded prompt (epochs=0) draw it without writing a file into the data root."""
-    from hydra.utils import get_class
-
-    learner = get_class(str(cfg.method.learner._target_))
-    if getattr(learner, "fits_features", False):
+    learner = learner_class(cfg.method)
+    if learner.fits_features:
         return True
-    return bool(getattr(learner, "trainable", True)) and resolve_epochs(cfg.method.optim, cfg.dataset,
-                                                                        int(cfg.shots)) > 0
-
-
-def learner_kwargs(method: DictConfig, train_classnames: list[str], seed: int) -> dict[str, Any]:
-    """Run-dependent constructor arguments, passed to the learners whose signature takes them."""
-    import inspect
-
-    from hydra.utils import get_class
-
-    params = inspect.signature(get_class(str(method.learner._target_))).parameters.values()
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    names = {p.name for p in params}
-    candidates = {"num_classes": len(train_classnames), "init_seed": int(seed)}
-    return {k: v for k, v in candidates.items() if takes_any or k in names}
+    return learner.trainable and resolve_epochs(cfg.method.optim, cfg.dataset, int(cfg.shots)) > 0
 
 
 def save_learner(path: Path, learner: torch.nn.Module, cfg: DictConfig, clip: Any = None) -> None:

@@ -26,7 +26,7 @@ from promptlab.data.types import Datum, EvalSet
 from promptlab.engine import workers as machine
 from promptlab.engine.features import cache_key, cached_features, encode_images
 from promptlab.errors import ConfigError
-from promptlab.methods.base import FitFeatures
+from promptlab.methods.base import FitFeatures, PromptLearner
 from promptlab.models.frozen import FrozenCLIP
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,11 @@ class ShardSampler(Sampler[int]):
 STATIC_TEXT_FEATURE_BATCH = 4096
 
 
-def feature_batch_size(learner: object, eval_batch_size: int) -> int:
+def feature_batch_size(learner: PromptLearner, eval_batch_size: int) -> int:
     """Rows per batch when evaluation scores cached features: thousands for learners with one text embedding per
     class (on the toy CLIP, Lightning's per-batch hooks cost more than a batch of 100 rows' product), the image
     batch otherwise (CoCoOp's per-image prompts cost text-encoder passes per row)."""
-    return max(eval_batch_size, STATIC_TEXT_FEATURE_BATCH) if getattr(learner, "static_text", False) \
-        else eval_batch_size
+    return max(eval_batch_size, STATIC_TEXT_FEATURE_BATCH) if learner.static_text else eval_batch_size
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -97,7 +96,7 @@ class PromptDataModule(L.LightningDataModule):
         normalize_features: bool = True,
         augment_backend: str = "tensor",
         decoded_cache_disk: bool = False,
-        images_through_learner: bool = False,
+        encodes_images: bool = False,
         feature_eval_batch_size: int | None = None,
     ) -> None:
         """`val_items`: the few-shot validation split (for learners that choose hyper-parameters on it);
@@ -105,7 +104,7 @@ class PromptDataModule(L.LightningDataModule):
         `augment_backend`: "tensor" (images decoded once, augmented per batch on the device,
         data/tensor_augment.py) or "pil" (the reference's per-image PIL pipeline, exactly);
         `decoded_cache_disk`: keep the decoded training images under cache_dir too;
-        `images_through_learner`: the learner encodes images itself (image-tower prompts): training and test
+        `encodes_images`: the learner encodes images itself (image-tower prompts): training and test
         batches carry images, never frozen features, and each test image is read and encoded once per evaluation;
         `num_workers` / `pin_memory`: None leaves them to the machine (engine/workers.py); `workers_used` records
         what each loader got;
@@ -113,8 +112,8 @@ class PromptDataModule(L.LightningDataModule):
         Learners with one text embedding per class score thousands of features in one matrix product, and each
         batch of Lightning's test loop costs more than that product (feature_batch_size)."""
         super().__init__()
-        self.images_through_learner = images_through_learner
-        if images_through_learner and train_cache == "on":
+        self.encodes_images = encodes_images
+        if encodes_images and train_cache == "on":
             raise ConfigError(
                 "method.loader.train_cache=on: this method learns tokens inside the image tower, so image features "
                 "change with every step and cannot be cached. Use train_cache=auto or off."
@@ -163,7 +162,7 @@ class PromptDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------- helpers
     @property
     def uses_train_features(self) -> bool:
-        if self.images_through_learner:
+        if self.encodes_images:
             return False
         if self.train_cache == "off":
             return False
@@ -356,7 +355,7 @@ class PromptDataModule(L.LightningDataModule):
     def check_eval_images(self, eval_set: EvalSet) -> None:
         """Decode every image of `eval_set` now (before training), so a bad one stops the run before the training
         it would waste. With cached features that is their extraction, which the evaluation then reuses."""
-        if not self.images_through_learner:
+        if not self.encodes_images:
             self.eval_features(eval_set)
         elif self.on_error == "skip":
             eval_set.skipped = ImageDataset(eval_set.items, self.test_transform, on_error="skip",
@@ -368,14 +367,14 @@ class PromptDataModule(L.LightningDataModule):
         """The few-shot val split of the training classes (test transform), one disjoint shard per rank. The
         loader has a generator of its own: validating must not draw from the training run's random stream."""
         rank, world = self._rank_world()
-        if self.images_through_learner:
+        if self.encodes_images:
             dataset: Dataset = ImageDataset(self.val_items, self.test_transform, on_error=self.on_error,
                                             check_cache_dir=self.cache_dir)
             workers = self.decode_workers(len(dataset), "few-shot val")
         else:
             feats, labels = self._split_features(self.val_items, "few-shot val")
             dataset, workers = FeatureDataset(feats, labels), 0
-        batch = self.eval_batch_size if self.images_through_learner else self.feature_eval_batch_size
+        batch = self.eval_batch_size if self.encodes_images else self.feature_eval_batch_size
         return DataLoader(dataset, batch_size=batch, sampler=ShardSampler(len(dataset), rank, world),
                           num_workers=workers, generator=torch.Generator())
 
@@ -383,7 +382,7 @@ class PromptDataModule(L.LightningDataModule):
         if self.active_eval is None:
             raise RuntimeError("set datamodule.active_eval before trainer.test")
         rank, world = self._rank_world()
-        if self.images_through_learner:
+        if self.encodes_images:
             # Prompted image features depend on the learned tokens: the images themselves, one shard per rank.
             images = ImageDataset(self.active_eval.items, self.test_transform, on_error=self.on_error,
                                   check_cache_dir=self.cache_dir)

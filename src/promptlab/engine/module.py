@@ -17,13 +17,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from promptlab.config.schema import OptimConf, SGDConf
+from promptlab.config.method import OptimConf, SGDConf
 from promptlab.errors import NonFiniteLossError
-from promptlab.methods.base import PromptLearner, logits_from_features
+from promptlab.methods.base import PromptLearner, TrainingStep, logits_from_features
 from promptlab.models.frozen import FrozenCLIP
 from promptlab.results.metrics import accuracy_percent
 
@@ -111,7 +110,7 @@ class PromptLearningModule(L.LightningModule):
         schedule_unit: str = "epoch",
     ) -> None:
         """`optimizer(params, lr=...)` builds the optimiser (None: the reference SGD); defaults are the schema's
-        (promptlab.config.schema.OptimConf), the single place where they are written."""
+        (promptlab.config.method.OptimConf), the single place where they are written."""
         super().__init__()
         self.clip = clip
         self.learner = learner
@@ -128,18 +127,11 @@ class PromptLearningModule(L.LightningModule):
         self.val_history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- forward
-    @property
-    def encodes_images(self) -> bool:
-        """The learner has image-tower tokens (VPT, IVLP, MaPLe, PromptSRC): images go through it, never through
-        the frozen-feature cache, and gradients reach its image prompts through the frozen tower."""
-        return bool(getattr(self.learner, "encodes_images", False))
-
     def image_features(self, batch: dict[str, Any]) -> torch.Tensor:
-        if self.encodes_images:
-            return self.learner.encode_images(self.clip, batch["image"])
-        if "feature" in batch:
+        """The batch's image features: cached frozen ones when the batch carries them, else the learner's."""
+        if "feature" in batch and not self.learner.encodes_images:
             return batch["feature"].float()
-        return self.clip.encode_image(batch["image"], normalize=self.learner.normalized_features)
+        return self.learner.encode_images(self.clip, batch["image"])
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         if self.learner.direct_logits:
@@ -159,40 +151,42 @@ class PromptLearningModule(L.LightningModule):
         if self.learner.direct_logits:
             text, logits = None, self.learner.logits(self.clip, feats)
         else:
-            text = self.learner(self.clip, feats)
-            logits = logits_from_features(feats, text.float(), self.clip.logit_scale())
-        ce = F.cross_entropy(logits, labels)
-        loss = ce
-        extra = None if text is None else self.learner.regularization(self.clip, text.float())
-        if extra is not None:
-            loss = loss + extra
-            self.log("train/reg", extra.detach(), on_step=False, on_epoch=True)
-        loss_terms = getattr(self.learner, "loss_terms", None)
-        if loss_terms is not None and text is not None:  # PromptSRC's self-regulating terms (methods/promptsrc.py)
-            for key, term in loss_terms(self.clip, batch.get("image"), feats, text.float(), logits).items():
-                loss = loss + term
-                self.log(f"train/{key}", term.detach(), on_step=False, on_epoch=True, batch_size=labels.shape[0])
-        surgery = getattr(self.learner, "gradient_surgery", None)
-        if surgery is not None:  # ProGrad: a surrogate whose gradient is the projected one (methods/prograd.py)
-            loss, surgery_logs = surgery(self.clip, feats, logits, labels, loss)
-            for key, value in surgery_logs.items():
-                self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=labels.shape[0])
-        if not torch.isfinite(loss):
+            text = self.learner(self.clip, feats).float()
+            logits = logits_from_features(feats, text, self.clip.logit_scale())
+        loss = self.learner.training_loss(self.clip, TrainingStep(batch.get("image"), feats, text, logits, labels))
+        total = loss.total
+        if not torch.isfinite(total):
             raise NonFiniteLossError(
-                f"run '{self.run_name}': non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
+                f"run '{self.run_name}': non-finite training loss ({total.item()}) at epoch {self.current_epoch}, "
                 f"step {self.global_step}. Typical causes: fp16 weights (use model.weights_dtype=fp32 and "
                 "trainer.precision=bf16-mixed or 32) or a learning rate that is too high (method.optim.lr)."
             )
+        size = labels.shape[0]
         self.train_acc(logits.argmax(dim=-1), labels)
-        self.log("train/loss", ce.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        # train/loss is the optimised total; each named term (and each logged-only value) has its own key.
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        if len(loss.terms) > 1:
+            for key, term in loss.terms.items():
+                self.log(f"train/{key}", term.detach(), on_step=False, on_epoch=True, batch_size=size)
+        for key, value in loss.logged.items():
+            self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=size)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
-        return loss
+        return loss.optimised
+
+    def loss_terms_logged(self) -> dict[str, float]:
+        """The last epoch's mean of the optimised loss and of its named terms (for the run record)."""
+        metrics = self.trainer.callback_metrics if self._trainer is not None else {}
+        out = {}
+        for key, value in metrics.items():
+            if key.startswith("train/") and key not in ("train/acc", "train/lr", "train/loss_step"):
+                name = key.removeprefix("train/").removesuffix("_epoch")
+                out[name] = float(value)
+        return out
 
     def configure_callbacks(self) -> list[L.Callback]:
         # Callbacks a learner needs for its training (PromptSRC's Gaussian prompt aggregation); fresh per fit.
-        make = getattr(self.learner, "callbacks", None)
-        return list(make()) if make is not None else []
+        return list(self.learner.callbacks())
 
     def configure_optimizers(self):
         params = [p for p in self.learner.parameters() if p.requires_grad]

@@ -11,26 +11,53 @@ size 1. Here all B x C prompts of a batch go through the text encoder as one bat
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from promptlab.config.method import LrScaling, MethodConf, MethodLoaderConf, OptimConf
 from promptlab.methods.base import PromptLearner
-from promptlab.methods.coop import init_context
+from promptlab.methods.coop import context_problems, init_context
+from promptlab.methods.registry import register_method
 from promptlab.models.frozen import FrozenCLIP
 
 
+@dataclass
+class CoCoOpLearnerConf:
+    _target_: str = "promptlab.methods.CoCoOpPrompts"
+    n_ctx: int = 4
+    ctx_init: str | None = "a photo of a"
+    class_chunk: int | None = None  # classes per text-encoder call (bounds memory, e.g. 100 for ImageNet)
+    checkpoint_chunks: bool = False  # recompute chunk activations in backward (compute for memory)
+
+
+@dataclass
+class CoCoOpMethodConf(MethodConf):
+    name: str = "cocoop"
+    display_name: str = "CoCoOp"
+    learner: CoCoOpLearnerConf = field(default_factory=CoCoOpLearnerConf)
+    optim: OptimConf = field(
+        default_factory=lambda: OptimConf(epochs=10, reference_batch_size=1, lr_scaling=LrScaling.sqrt)
+    )
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=1))
+
+
+@register_method(CoCoOpMethodConf)
 class CoCoOpPrompts(PromptLearner):
     instance_conditional = True
+    context_args = ("init_seed",)
 
     def __init__(
         self,
         clip: FrozenCLIP,
-        n_ctx: int = 4,
-        ctx_init: str | None = "a photo of a",
-        class_chunk: int | None = None,
-        checkpoint_chunks: bool = False,
+        n_ctx: int = CoCoOpLearnerConf.n_ctx,
+        ctx_init: str | None = CoCoOpLearnerConf.ctx_init,
+        class_chunk: int | None = CoCoOpLearnerConf.class_chunk,
+        checkpoint_chunks: bool = CoCoOpLearnerConf.checkpoint_chunks,
         init_seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -52,6 +79,13 @@ class CoCoOpPrompts(PromptLearner):
                     layer.reset_parameters()
         self.class_chunk = class_chunk
         self.checkpoint_chunks = checkpoint_chunks
+
+    @classmethod
+    def config_problems(cls, learner: Any, count_tokens: Callable[[str], int] | None = None) -> list[str]:
+        found = context_problems(learner, count_tokens)
+        if learner.class_chunk is not None and learner.class_chunk < 1:
+            found.append(f"method.learner.class_chunk={learner.class_chunk}: must be at least 1 or null.")
+        return found
 
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
         self.keep_prompt_tokens(clip, classnames)

@@ -8,11 +8,17 @@ prefix/suffix token-embedding buffers, EOT pooling; init from words or N(0, 0.02
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import nn
 
+from promptlab.config.method import ClassTokenPosition, MethodConf
 from promptlab.errors import ConfigError
 from promptlab.methods.base import PromptLearner
+from promptlab.methods.registry import register_method
 from promptlab.models.frozen import FrozenCLIP
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
@@ -48,7 +54,7 @@ def init_context(clip: FrozenCLIP, n_ctx: int, ctx_init: str | None, generator: 
         return normal_tokens(n_ctx, clip.ctx_dim, generator), " ".join(["X"] * n_ctx)
     text = ctx_init.replace("_", " ").strip()
     tokens = clip.tokenize([text])
-    n_init = int(clip.eot_index(tokens)[0]) - 1
+    n_init = clip.token_count(text)  # the model's own tokenizer, as compose-time validation counts
     if not deep and n_init != n_ctx:
         raise ConfigError(
             f"{option}.n_ctx={n_ctx} but {option}.ctx_init={ctx_init!r} is {n_init} tokens: the "
@@ -91,16 +97,60 @@ def class_token_permutation(position: str, n_ctx: int, name_lens: list[int], len
     return torch.tensor(rows, dtype=torch.long)
 
 
+@dataclass
+class CoOpLearnerConf:
+    """n_ctx and ctx_init: with an init phrase, n_ctx must equal the phrase's token count (the reference
+    learns one vector per init token); a different n_ctx is refused. Without one, n_ctx random vectors."""
+
+    _target_: str = "promptlab.methods.CoOpPrompts"
+    n_ctx: int = 16
+    ctx_init: str | None = None
+    csc: bool = False  # class-specific context
+    class_token_position: ClassTokenPosition = ClassTokenPosition.end
+
+
+@dataclass
+class CoOpMethodConf(MethodConf):
+    name: str = "coop"
+    display_name: str = "CoOp"
+    learner: CoOpLearnerConf = field(default_factory=CoOpLearnerConf)
+
+
+def context_problems(learner: Any, count_tokens: Callable[[str], int] | None, keep_init_tail: bool = False,
+                     key: str = "method.learner") -> list[str]:
+    """The context rule at compose time, with the run's tokenizer (`count_tokens`; None: checked when the model
+    is loaded, by `init_context`): with an init phrase the context has one vector per phrase token (the
+    reference CoOp/CoCoOp), so another n_ctx is refused, not silently ignored; the deep prompts
+    (`keep_init_tail`) learn the first n_ctx tokens of the phrase and keep the rest as fixed words."""
+    n_ctx, ctx_init = int(learner.n_ctx), learner.get("ctx_init")
+    if n_ctx < 1:
+        return [f"{key}.n_ctx={n_ctx}: a context needs at least one vector (n_ctx >= 1)."]
+    if not ctx_init or count_tokens is None:
+        return []
+    tokens = count_tokens(ctx_init.replace("_", " ").strip())
+    if keep_init_tail and n_ctx <= tokens:
+        return []
+    if tokens != n_ctx:
+        rule = f"at most {tokens} can be learned from it" if keep_init_tail else \
+            f"the context is initialised from the phrase, one vector per token, so it has {tokens} vectors"
+        return [f"{key}.n_ctx={n_ctx} but {key}.ctx_init={ctx_init!r} is {tokens} tokens: {rule}. Set "
+                f"{key}.n_ctx={tokens}, or {key}.ctx_init=null for {n_ctx} random vectors."]
+    return []
+
+
+@register_method(CoOpMethodConf)
 class CoOpPrompts(PromptLearner):
     """Static learnable context (unified or class-specific)."""
+
+    context_args = ("num_classes", "init_seed")
 
     def __init__(
         self,
         clip: FrozenCLIP,
-        n_ctx: int = 16,
-        ctx_init: str | None = None,
-        csc: bool = False,
-        class_token_position: str = "end",
+        n_ctx: int = CoOpLearnerConf.n_ctx,
+        ctx_init: str | None = CoOpLearnerConf.ctx_init,
+        csc: bool = CoOpLearnerConf.csc,
+        class_token_position: str = CoOpLearnerConf.class_token_position,
         num_classes: int | None = None,
         init_seed: int | None = None,
     ) -> None:
@@ -126,6 +176,10 @@ class CoOpPrompts(PromptLearner):
                 nn.init.normal_(vectors, std=0.02, generator=generator)
         self.ctx = nn.Parameter(vectors)
 
+    @classmethod
+    def config_problems(cls, learner: Any, count_tokens: Callable[[str], int] | None = None) -> list[str]:
+        return context_problems(learner, count_tokens)
+
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
         if self.csc and len(classnames) != self.ctx.shape[0]:
             raise ConfigError(
@@ -134,7 +188,6 @@ class CoOpPrompts(PromptLearner):
                 "Use method.learner.csc=false for base-to-novel and cross-dataset protocols, or protocol=fewshot."
             )
         prompts = self.keep_prompt_tokens(clip, classnames)
-        self.register_buffer("tokens", prompts.tokens, persistent=False)
         length = 1 + self.n_ctx + prompts.suffix.shape[1]
         perm = class_token_permutation(self.class_token_position, self.n_ctx, prompts.name_lens, length)
         self.register_buffer("layout", perm, persistent=False)

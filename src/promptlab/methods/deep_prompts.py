@@ -13,13 +13,36 @@ muzairkhattak/PromptSRC (trainers/promptsrc.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from promptlab.config.method import OptimConf
 from promptlab.errors import ConfigError
 from promptlab.methods.base import PromptLearner
+from promptlab.methods.coop import context_problems
 from promptlab.models.frozen import FrozenCLIP
+
+
+# Defaults of the deep learners' configs (vpt.py, ivlp.py, maple.py, promptsrc.py): the reference's base-to-novel
+# configs (ViT-B/16, batch 4, SGD, 1 warm-up epoch then cosine), read in muzairkhattak/multimodal-prompt-learning
+# @69bce21 and muzairkhattak/PromptSRC @bb95c77 (docs/deep_prompts.md). Depths count the blocks that get fresh
+# tokens, block 0 included (at most the tower's block count).
+@dataclass
+class DeepPromptOptions:
+    """Options every deep prompt learner shares (reference quirks and memory)."""
+
+    # The reference casts every inserted prompt with .half() whatever its precision: true rounds them to fp16
+    # values the same way (deep text prompts and all image prompts; not the block-0 text context).
+    fp16_prompts: bool = False
+    checkpoint_blocks: bool = False  # recompute image-tower block activations in backward (memory for compute)
+
+
+def deep_optim(lr: float, epochs: int) -> OptimConf:
+    """The deep prompts' reference schedule: SGD at `lr` for `epochs` epochs, tuned for batch 4."""
+    return OptimConf(lr=lr, epochs=epochs, reference_batch_size=4)
 
 
 def seeded_generator(init_seed: int | None) -> torch.Generator | None:
@@ -50,8 +73,16 @@ class DeepPromptLearner(PromptLearner):
     """
 
     encodes_images: bool = True
+    context_args = ("init_seed",)
 
-    def __init__(self, fp16_prompts: bool = False, checkpoint_blocks: bool = False) -> None:
+    @classmethod
+    def config_problems(cls, learner: Any, count_tokens: Callable[[str], int] | None = None) -> list[str]:
+        if "n_ctx" not in learner:
+            return []
+        return context_problems(learner, count_tokens, keep_init_tail=bool(learner.get("keep_init_tail")))
+
+    def __init__(self, fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
+                 checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks) -> None:
         super().__init__()
         self.fp16_prompts = fp16_prompts
         self.checkpoint_blocks = checkpoint_blocks

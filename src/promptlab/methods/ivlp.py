@@ -9,30 +9,81 @@ deep-language variant: no image tokens, so the module keeps the frozen-feature p
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
+from promptlab.config.method import MethodConf, MethodLoaderConf, OptimConf
 from promptlab.methods.coop import init_context, normal_tokens
 from promptlab.methods.deep_prompts import (
     DeepPromptLearner,
+    DeepPromptOptions,
     check_depth,
+    deep_optim,
     seeded_generator,
 )
+from promptlab.methods.registry import register_method
 from promptlab.models.frozen import FrozenCLIP
 
 
+@dataclass
+class IVLPLearnerConf(DeepPromptOptions):
+    """configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml: 2 + 2 tokens, depth 12 in both towers.
+
+    keep_init_tail: the reference learns the first n_ctx tokens of ctx_init and keeps the rest of the phrase as
+    fixed words ("a photo" learned, "of a" fixed for n_ctx=2); false: n_ctx must equal the phrase's tokens."""
+
+    _target_: str = "promptlab.methods.ivlp.IVLPPrompts"
+    n_ctx: int = 2
+    ctx_init: str | None = "a photo of a"
+    text_depth: int = 12
+    n_ctx_vision: int = 2
+    vision_depth: int = 12
+    keep_init_tail: bool = True
+
+
+@dataclass
+class IVLPLanguageLearnerConf(IVLPLearnerConf):
+    """configs/trainers/IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only.yaml: 4 text tokens, depth 12, no vision."""
+
+    n_ctx: int = 4
+    n_ctx_vision: int = 0
+    vision_depth: int = 0
+
+
+@dataclass
+class IVLPMethodConf(MethodConf):
+    name: str = "ivlp"
+    display_name: str = "IVLP"
+    learner: IVLPLearnerConf = field(default_factory=IVLPLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: deep_optim(0.0035, 5))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+@dataclass
+class IVLPLanguageMethodConf(MethodConf):
+    name: str = "ivlp_language"
+    display_name: str = "Deep language prompts"
+    learner: IVLPLanguageLearnerConf = field(default_factory=IVLPLanguageLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: deep_optim(0.0025, 5))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+@register_method(IVLPLanguageMethodConf)
+@register_method(IVLPMethodConf)
 class IVLPPrompts(DeepPromptLearner):
     def __init__(
         self,
         clip: FrozenCLIP,
-        n_ctx: int = 2,
-        ctx_init: str | None = "a photo of a",
-        text_depth: int = 12,
-        n_ctx_vision: int = 2,
-        vision_depth: int = 12,
-        keep_init_tail: bool = True,
-        fp16_prompts: bool = False,
-        checkpoint_blocks: bool = False,
+        n_ctx: int = IVLPLearnerConf.n_ctx,
+        ctx_init: str | None = IVLPLearnerConf.ctx_init,
+        text_depth: int = IVLPLearnerConf.text_depth,
+        n_ctx_vision: int = IVLPLearnerConf.n_ctx_vision,
+        vision_depth: int = IVLPLearnerConf.vision_depth,
+        keep_init_tail: bool = IVLPLearnerConf.keep_init_tail,
+        fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
+        checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks,
         init_seed: int | None = None,
     ) -> None:
         super().__init__(fp16_prompts=fp16_prompts, checkpoint_blocks=checkpoint_blocks)

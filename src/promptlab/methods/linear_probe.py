@@ -11,17 +11,41 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from promptlab.config.method import Augment, MethodConf, MethodLoaderConf, OptimConf
 from promptlab.errors import ConfigError
 from promptlab.methods.base import FitFeatures, PromptLearner
+from promptlab.methods.registry import register_method
 from promptlab.models.frozen import FrozenCLIP
 
 REFERENCE_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
+
+
+@dataclass
+class LinearProbeLearnerConf:
+    """Logistic regression on frozen image features, C searched on the few-shot val split (CoOp lpclip/)."""
+
+    _target_: str = "promptlab.methods.LinearProbe"
+    normalize: bool = True  # false: un-normalised features, as the reference
+    c_grid: list[float] = field(default_factory=lambda: list(REFERENCE_GRID))
+    search_steps: int = 8  # log10 bisection steps around the best grid value
+    max_iter: int = 1000
+
+
+@dataclass
+class LinearProbeMethodConf(MethodConf):
+    name: str = "linear_probe"
+    display_name: str = "Linear probe"
+    learner: LinearProbeLearnerConf = field(default_factory=LinearProbeLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=0))  # closed-form fit, no epochs
+    # The reference (CoOp lpclip/) encodes every split with the test transform.
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(augment=Augment.none))
 
 
 def search_c(
@@ -55,6 +79,7 @@ def search_c(
     return chosen, trace
 
 
+@register_method(LinearProbeMethodConf)
 class LinearProbe(PromptLearner):
     """A linear classifier over the training classes; it has no text side and cannot score other classes."""
 
@@ -69,15 +94,15 @@ class LinearProbe(PromptLearner):
     def __init__(
         self,
         clip: FrozenCLIP,
-        normalize: bool = True,
+        normalize: bool = LinearProbeLearnerConf.normalize,
         c_grid: Sequence[float] = REFERENCE_GRID,
-        search_steps: int = 8,
-        max_iter: int = 1000,
+        search_steps: int = LinearProbeLearnerConf.search_steps,
+        max_iter: int = LinearProbeLearnerConf.max_iter,
     ) -> None:
         super().__init__()
         self.normalize = normalize
         # The reference probes un-normalised features; the data module reads this to encode them so.
-        self.normalized_features = normalize
+        self.normalize_features = normalize
         self.c_grid = [float(c) for c in c_grid]
         self.search_steps = search_steps
         self.max_iter = max_iter
@@ -85,6 +110,16 @@ class LinearProbe(PromptLearner):
         # Zero-sized until fitted: the learner composes and moves like any other before its fit.
         self.register_buffer("weight", torch.zeros(0, clip.embed_dim))
         self.register_buffer("bias", torch.zeros(0))
+
+    @classmethod
+    def config_problems(cls, learner: Any, count_tokens: Callable[[str], int] | None = None) -> list[str]:
+        found = []
+        if not learner.c_grid or any(c <= 0 for c in learner.c_grid):
+            found.append(f"method.learner.c_grid={list(learner.c_grid)}: needs at least one C, every C > 0.")
+        if learner.search_steps < 0 or learner.max_iter < 1:
+            found.append(f"method.learner.search_steps={learner.search_steps} / max_iter={learner.max_iter}: "
+                         "search_steps >= 0 and max_iter >= 1.")
+        return found
 
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
         if self.fitted_classnames and list(classnames) != self.fitted_classnames:

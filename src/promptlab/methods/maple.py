@@ -13,29 +13,55 @@ same weights, while `vision_proj` is initialised on its own; promptlab does the 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from promptlab.config.method import MethodConf, MethodLoaderConf, OptimConf
 from promptlab.methods.coop import init_context, normal_tokens
 from promptlab.methods.deep_prompts import (
     DeepPromptLearner,
+    DeepPromptOptions,
     check_depth,
+    deep_optim,
     seeded_generator,
 )
+from promptlab.methods.registry import register_method
 from promptlab.models.frozen import FrozenCLIP
 
 
+@dataclass
+class MaPLeLearnerConf(DeepPromptOptions):
+    """configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml: 2 tokens from "a photo of a", depth 9."""
+
+    _target_: str = "promptlab.methods.maple.MaPLePrompts"
+    n_ctx: int = 2
+    ctx_init: str | None = "a photo of a"
+    depth: int = 9
+    keep_init_tail: bool = True
+
+
+@dataclass
+class MaPLeMethodConf(MethodConf):
+    name: str = "maple"
+    display_name: str = "MaPLe"
+    learner: MaPLeLearnerConf = field(default_factory=MaPLeLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: deep_optim(0.0035, 5))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+@register_method(MaPLeMethodConf)
 class MaPLePrompts(DeepPromptLearner):
     def __init__(
         self,
         clip: FrozenCLIP,
-        n_ctx: int = 2,
-        ctx_init: str | None = "a photo of a",
-        depth: int = 9,
-        keep_init_tail: bool = True,
-        fp16_prompts: bool = False,
-        checkpoint_blocks: bool = False,
+        n_ctx: int = MaPLeLearnerConf.n_ctx,
+        ctx_init: str | None = MaPLeLearnerConf.ctx_init,
+        depth: int = MaPLeLearnerConf.depth,
+        keep_init_tail: bool = MaPLeLearnerConf.keep_init_tail,
+        fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
+        checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks,
         init_seed: int | None = None,
     ) -> None:
         super().__init__(fp16_prompts=fp16_prompts, checkpoint_blocks=checkpoint_blocks)

@@ -24,14 +24,20 @@ the whole batch's gradient), so multi-GPU ProGrad is close to, not identical wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from promptlab.config.method import II, PROMPT_DESCRIPTIONS_SHA256, PROMPT_TEMPLATES, MethodConf
 from promptlab.errors import ConfigError
-from promptlab.methods.coop import CoOpPrompts
+from promptlab.methods.base import Loss, TrainingStep
+from promptlab.methods.coop import CoOpLearnerConf, CoOpPrompts
 from promptlab.methods.prompts import TextPrompts
+from promptlab.methods.registry import register_method
 from promptlab.models.frozen import FrozenCLIP
 
 #: ProGrad's per-dataset hand-written prompts (Prompt-align, ProGrad.public/trainers/prograd.py::CUSTOM_TEMPLATES),
@@ -86,7 +92,7 @@ def zero_padded_context(clip: FrozenCLIP, n_ctx: int, phrase: str, init_split: s
         raise ConfigError(f"method.learner.init_split={init_split!r}; expected one of {INIT_SPLITS}.")
     text = phrase.replace("_", " ").strip()
     tokens = clip.tokenize([text])
-    n_tokens = int(clip.eot_index(tokens)[0]) - 1
+    n_tokens = clip.token_count(text)
     n_init = len(text.split(" ")) if init_split == "words" else n_tokens
     n_init = min(n_init, n_tokens)
     if n_ctx < n_init:
@@ -100,6 +106,42 @@ def zero_padded_context(clip: FrozenCLIP, n_ctx: int, phrase: str, init_split: s
     return vectors, prompt
 
 
+class ProGradInitSplit(str, Enum):
+    words = "words"  # the reference: as many BPE tokens as the phrase has space-separated words are learned
+    tokens = "tokens"  # every BPE token of the phrase is learned
+
+
+@dataclass
+class ProGradLearnerConf(CoOpLearnerConf):
+    """ProGrad (Prompt-align, trainers/prograd.py): 16 slots, the init phrase in the last ones and zeros before;
+    with reference_templates the dataset's ProGrad template (PROGRAD_TEMPLATES) is both the zero-shot teacher's
+    prompt and the init phrase; datasets it lacks use `templates` and `ctx_init`."""
+
+    _target_: str = "promptlab.methods.ProGradPrompts"
+    n_ctx: int = 16
+    ctx_init: str | None = "a photo of a"
+    reference_templates: bool = True
+    dataset: str = II("dataset.name")
+    init_split: ProGradInitSplit = ProGradInitSplit.words
+    prograd_lambda: float = 1.0  # LOSS.LAMBDA (README: 0.8 for 8/16 shots on Flowers, DTD, EuroSAT)
+    temperature: float = 1.0  # LOSS.T
+    templates: list[str] = II(PROMPT_TEMPLATES)
+    descriptions: str | None = II("prompts.descriptions")
+    descriptions_sha256: str | None = II(PROMPT_DESCRIPTIONS_SHA256)
+    combine_templates: bool = II("prompts.combine")
+
+
+@dataclass
+class ProGradMethodConf(MethodConf):
+    """The reference's configs are RN50 only (batch 32, SGD lr 0.002, warm-up + cosine, epochs by shots): the
+    defaults here are CoOp's ViT-B/16 schedule, which is the same optimiser with epochs by shots."""
+
+    name: str = "prograd"
+    display_name: str = "ProGrad"
+    learner: ProGradLearnerConf = field(default_factory=ProGradLearnerConf)
+
+
+@register_method(ProGradMethodConf)
 class ProGradPrompts(CoOpPrompts):
     """CoOp context trained with ProGrad's projected gradient (see the module docstring)."""
 
@@ -107,13 +149,13 @@ class ProGradPrompts(CoOpPrompts):
         self,
         clip: FrozenCLIP,
         templates: list[str],
-        n_ctx: int = 16,
-        ctx_init: str | None = "a photo of a",
-        reference_templates: bool = True,
+        n_ctx: int = ProGradLearnerConf.n_ctx,
+        ctx_init: str | None = ProGradLearnerConf.ctx_init,
+        reference_templates: bool = ProGradLearnerConf.reference_templates,
         dataset: str | None = None,
-        init_split: str = "words",
-        prograd_lambda: float = 1.0,
-        temperature: float = 1.0,
+        init_split: str = ProGradLearnerConf.init_split,
+        prograd_lambda: float = ProGradLearnerConf.prograd_lambda,
+        temperature: float = ProGradLearnerConf.temperature,
         descriptions: str | None = None,
         descriptions_sha256: str | None = None,
         combine_templates: bool = False,
@@ -145,6 +187,24 @@ class ProGradPrompts(CoOpPrompts):
         # The teacher: zero-shot CLIP's classifier from the hand-written prompt, fixed (the reference's CLIP class).
         self.register_buffer("zeroshot_features", self.text_prompts.class_embeddings(clip, classnames).float(),
                              persistent=False)
+
+    @classmethod
+    def config_problems(cls, learner: Any, count_tokens: Callable[[str], int] | None = None) -> list[str]:
+        # The phrase goes after zero vectors, so n_ctx only has to hold it (checked with the dataset's template
+        # when the learner is built); not CoOp's one-vector-per-token rule.
+        found = []
+        if learner.n_ctx < 1:
+            found.append(f"method.learner.n_ctx={learner.n_ctx}: a context needs at least one vector (n_ctx >= 1).")
+        if learner.temperature <= 0:
+            found.append(f"method.learner.temperature={learner.temperature}: the distillation temperature must be "
+                         "> 0.")
+        return found
+
+    def training_loss(self, clip: FrozenCLIP, step: TrainingStep) -> Loss:
+        """The cross-entropy, back-propagated through ProGrad's surrogate (its gradient is the projected one)."""
+        loss = super().training_loss(clip, step)
+        surrogate, logged = self.gradient_surgery(clip, step.image_features, step.logits, step.labels, loss.total)
+        return Loss(loss.terms, logged=logged, surrogate=surrogate)
 
     def teacher_logits(self, clip: FrozenCLIP, image_features: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -18,14 +18,19 @@ averages the learned tensors only, the clean equivalent.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
+from promptlab.config.method import MethodConf, MethodLoaderConf, OptimConf
 from promptlab.errors import ConfigError
-from promptlab.methods.ivlp import IVLPPrompts
+from promptlab.methods.base import Loss, TrainingStep
+from promptlab.methods.deep_prompts import DeepPromptOptions, deep_optim
+from promptlab.methods.ivlp import IVLPLearnerConf, IVLPPrompts
+from promptlab.methods.registry import register_method
 from promptlab.models.frozen import FrozenCLIP
 
 #: PromptSRC's teacher templates (trainers/imagenet_templates.py IMAGENET_TEMPLATES, the same for every
@@ -114,25 +119,55 @@ class GaussianPromptAggregation(L.Callback):
         self._restored = True
 
 
+@dataclass
+class PromptSRCLearnerConf(IVLPLearnerConf):
+    """configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml: IVLP 4 + 4 tokens, depth 9 / 9, loss
+    weights 25 (text L1) and 10 (image L1), the KL unweighted; GPA mean 15, std 1 over 20 epochs.
+    teacher_templates null: the reference's 60 (the first 60 of CLIP's 80 ImageNet templates)."""
+
+    _target_: str = "promptlab.methods.promptsrc.PromptSRCPrompts"
+    n_ctx: int = 4
+    text_depth: int = 9
+    n_ctx_vision: int = 4
+    vision_depth: int = 9
+    text_loss_weight: float = 25.0
+    image_loss_weight: float = 10.0
+    logit_loss_weight: float = 1.0
+    gpa: bool = True
+    gpa_mean: float = 15.0
+    gpa_std: float = 1.0
+    teacher_templates: list[str] | None = None
+
+
+@dataclass
+class PromptSRCMethodConf(MethodConf):
+    name: str = "promptsrc"
+    display_name: str = "PromptSRC"
+    learner: PromptSRCLearnerConf = field(default_factory=PromptSRCLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: deep_optim(0.0025, 20))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+@register_method(PromptSRCMethodConf)
 class PromptSRCPrompts(IVLPPrompts):
     def __init__(
         self,
         clip: FrozenCLIP,
-        n_ctx: int = 4,
-        ctx_init: str | None = "a photo of a",
-        text_depth: int = 9,
-        n_ctx_vision: int = 4,
-        vision_depth: int = 9,
-        text_loss_weight: float = 25.0,
-        image_loss_weight: float = 10.0,
-        logit_loss_weight: float = 1.0,
-        gpa: bool = True,
-        gpa_mean: float = 15.0,
-        gpa_std: float = 1.0,
+        n_ctx: int = PromptSRCLearnerConf.n_ctx,
+        ctx_init: str | None = PromptSRCLearnerConf.ctx_init,
+        text_depth: int = PromptSRCLearnerConf.text_depth,
+        n_ctx_vision: int = PromptSRCLearnerConf.n_ctx_vision,
+        vision_depth: int = PromptSRCLearnerConf.vision_depth,
+        text_loss_weight: float = PromptSRCLearnerConf.text_loss_weight,
+        image_loss_weight: float = PromptSRCLearnerConf.image_loss_weight,
+        logit_loss_weight: float = PromptSRCLearnerConf.logit_loss_weight,
+        gpa: bool = PromptSRCLearnerConf.gpa,
+        gpa_mean: float = PromptSRCLearnerConf.gpa_mean,
+        gpa_std: float = PromptSRCLearnerConf.gpa_std,
         teacher_templates: list[str] | None = None,
-        keep_init_tail: bool = True,
-        fp16_prompts: bool = False,
-        checkpoint_blocks: bool = False,
+        keep_init_tail: bool = PromptSRCLearnerConf.keep_init_tail,
+        fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
+        checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks,
         init_seed: int | None = None,
     ) -> None:
         super().__init__(clip, n_ctx=n_ctx, ctx_init=ctx_init, text_depth=text_depth, n_ctx_vision=n_ctx_vision,
@@ -148,9 +183,15 @@ class PromptSRCPrompts(IVLPPrompts):
         self.register_buffer("teacher_text", teacher_text_embeddings(clip, self.teacher_templates, classnames),
                              persistent=False)
 
+    def training_loss(self, clip: FrozenCLIP, step: TrainingStep) -> Loss:
+        loss = super().training_loss(clip, step)
+        assert step.text_features is not None
+        loss.terms.update(self.loss_terms(clip, step.images, step.image_features, step.text_features, step.logits))
+        return loss
+
     def loss_terms(self, clip: FrozenCLIP, images: torch.Tensor | None, image_features: torch.Tensor,
                    text_features: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The self-regulating terms added to the cross-entropy (the module logs each as train/<name>)."""
+        """The self-regulating terms added to the cross-entropy (logged as train/<name>)."""
         with torch.no_grad():
             # The frozen tower on the same (augmented) images; without image tokens the features are frozen ones.
             teacher_image = clip.encode_image(images) if images is not None else image_features.detach().float()

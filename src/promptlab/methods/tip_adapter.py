@@ -16,15 +16,18 @@ classes Tip-Adapter is exactly zero-shot CLIP (docs/reference.md, "Tip-Adapter")
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptlab.config.method import II, PROMPT_TEMPLATES, Augment, MethodConf, MethodLoaderConf, OptimConf, ScheduleUnit
 from promptlab.errors import ConfigError
 from promptlab.methods.base import FitFeatures, PromptLearner
+from promptlab.methods.registry import register_method
 from promptlab.methods.zeroshot import template_embeddings
 from promptlab.models.frozen import FrozenCLIP
 
@@ -37,6 +40,57 @@ def search_grid(scale: float, steps: int) -> list[float]:
     return [0.1 + i * (scale - 0.1) / steps for i in range(steps)]
 
 
+#: The reference's ImageNet / OxfordPets search: scales and step counts, [beta, alpha].
+SEARCH_SCALE, SEARCH_STEP = (7.0, 3.0), (200, 20)
+
+
+@dataclass
+class TipAdapterLearnerConf:
+    """Training-free cache model (Tip-Adapter). search_scale / search_step are [beta, alpha], the reference's
+    order; the defaults are its ImageNet / OxfordPets values (per-dataset ones in conf/method_dataset)."""
+
+    _target_: str = "promptlab.methods.TipAdapter"
+    templates: list[str] = II(PROMPT_TEMPLATES)  # the zero-shot part follows prompts.templates
+    init_alpha: float = 1.17
+    init_beta: float = 1.0
+    search: bool = True  # alpha/beta grid search on the few-shot val split
+    search_scale: list[float] = field(default_factory=lambda: list(SEARCH_SCALE))
+    search_step: list[int] = field(default_factory=lambda: list(SEARCH_STEP))
+
+
+@dataclass
+class TipAdapterFLearnerConf(TipAdapterLearnerConf):
+    """Tip-Adapter-F: the cache keys become a trainable linear layer. select_on_test=true keeps the epoch with
+    the best TEST accuracy (the reference's choice, Tip-Adapter#11); the default selects on the val split."""
+
+    _target_: str = "promptlab.methods.TipAdapterF"
+    select_on_test: bool = False
+
+
+@dataclass
+class TipAdapterMethodConf(MethodConf):
+    name: str = "tip_adapter"
+    display_name: str = "Tip-Adapter"
+    learner: TipAdapterLearnerConf = field(default_factory=TipAdapterLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=0))
+    # One cached view per image; the reference's 10 averaged crops: augment=coop train_cache=on train_views=10.
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(augment=Augment.none))
+
+
+@dataclass
+class TipAdapterFMethodConf(MethodConf):
+    """The reference's training: AdamW lr 1e-3 eps 1e-4 (conf/method/tip_adapter_f.yaml picks adamw), cosine per
+    iteration, 20 epochs, batch 256."""
+
+    name: str = "tip_adapter_f"
+    display_name: str = "Tip-Adapter-F"
+    learner: TipAdapterFLearnerConf = field(default_factory=TipAdapterFLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: OptimConf(
+        lr=1e-3, epochs=20, warmup_epochs=0, reference_batch_size=256, schedule_unit=ScheduleUnit.step))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=256, augment=Augment.none))
+
+
+@register_method(TipAdapterMethodConf)
 class TipAdapter(PromptLearner):
     trainable = False
     direct_logits = True
@@ -46,11 +100,11 @@ class TipAdapter(PromptLearner):
         self,
         clip: FrozenCLIP,
         templates: Sequence[str],
-        init_alpha: float = 1.17,
-        init_beta: float = 1.0,
-        search: bool = True,
-        search_scale: Sequence[float] = (7.0, 3.0),
-        search_step: Sequence[int] = (200, 20),
+        init_alpha: float = TipAdapterLearnerConf.init_alpha,
+        init_beta: float = TipAdapterLearnerConf.init_beta,
+        search: bool = TipAdapterLearnerConf.search,
+        search_scale: Sequence[float] = SEARCH_SCALE,
+        search_step: Sequence[int] = SEARCH_STEP,
     ) -> None:
         super().__init__()
         if len(search_scale) != 2 or len(search_step) != 2:
@@ -65,6 +119,18 @@ class TipAdapter(PromptLearner):
         self.cache_classnames: list[str] = []
         self.register_buffer("cache_keys", torch.zeros(0, clip.embed_dim))
         self.register_buffer("cache_labels", torch.zeros(0, dtype=torch.long))
+
+    @classmethod
+    def config_problems(cls, learner: Any, count_tokens: Callable[[str], int] | None = None) -> list[str]:
+        found = []
+        scale, steps = list(learner.search_scale), list(learner.search_step)
+        if len(scale) != 2 or len(steps) != 2 or any(s <= 0.1 for s in scale) or any(n < 1 for n in steps):
+            found.append(f"method.learner.search_scale={scale} / search_step={steps}: pairs [beta, alpha] with each "
+                         "scale > 0.1 (the grid starts at 0.1) and each step count >= 1.")
+        if learner.init_alpha < 0 or learner.init_beta < 0:
+            found.append(f"method.learner.init_alpha={learner.init_alpha} / init_beta={learner.init_beta}: "
+                         "must be >= 0.")
+        return found
 
     @property
     def alpha(self) -> float:
@@ -168,28 +234,23 @@ class TipAdapter(PromptLearner):
         return {**self.chosen(), "tip_val_acc": 100.0 * best / labels.numel()}
 
 
+@register_method(TipAdapterFMethodConf)
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the cache keys are the weight of a trainable `Linear(D, NK)` initialised with them."""
 
     trainable = True
     selects_epoch = True
 
-    def __init__(
-        self,
-        clip: FrozenCLIP,
-        templates: Sequence[str],
-        init_alpha: float = 1.17,
-        init_beta: float = 1.0,
-        search: bool = True,
-        search_scale: Sequence[float] = (7.0, 3.0),
-        search_step: Sequence[int] = (200, 20),
-        select_on_test: bool = False,
-    ) -> None:
-        # Spelled out, not **kwargs: build.learner_kwargs passes run-dependent arguments to any **kwargs.
-        super().__init__(clip, templates, init_alpha=init_alpha, init_beta=init_beta, search=search,
-                         search_scale=search_scale, search_step=search_step)
+    def __init__(self, clip: FrozenCLIP, templates: Sequence[str],
+                 select_on_test: bool = TipAdapterFLearnerConf.select_on_test, **tip_adapter: Any) -> None:
+        super().__init__(clip, templates, **tip_adapter)
         self.select_on_test = select_on_test
         self.adapter: nn.Linear | None = None
+
+    @property
+    def selection_split(self) -> str:
+        # The reference keeps the epoch with the best test accuracy (select_on_test=true reproduces it).
+        return "test" if self.select_on_test else "val"
 
     def affinity(self, image_features: torch.Tensor) -> torch.Tensor:
         if self.adapter is None:

@@ -6,24 +6,57 @@ ln_pre and fresh ones before blocks 1..vision_depth-1; the text side is fixed, f
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
+from promptlab.config.method import MethodConf, MethodLoaderConf, OptimConf
 from promptlab.methods.coop import normal_tokens
-from promptlab.methods.deep_prompts import DeepPromptLearner, check_depth, seeded_generator
+from promptlab.methods.deep_prompts import (
+    DeepPromptLearner,
+    DeepPromptOptions,
+    check_depth,
+    deep_optim,
+    seeded_generator,
+)
 from promptlab.methods.prompts import TextPrompts
+from promptlab.methods.registry import register_method
 from promptlab.models.frozen import FrozenCLIP
 
+#: The reference's fixed text prompt, for every dataset.
+VPT_TEMPLATES = ("a photo of a {}.",)
 
+
+@dataclass
+class VPTLearnerConf(DeepPromptOptions):
+    """configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml: 8 vision tokens, depth 12; text fixed."""
+
+    _target_: str = "promptlab.methods.vpt.VPTPrompts"
+    n_ctx_vision: int = 8
+    vision_depth: int = 12
+    templates: list[str] = field(default_factory=lambda: list(VPT_TEMPLATES))
+
+
+@dataclass
+class VPTMethodConf(MethodConf):
+    name: str = "vpt"
+    display_name: str = "VPT"
+    learner: VPTLearnerConf = field(default_factory=VPTLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: deep_optim(0.0025, 5))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(batch_size=4))
+
+
+@register_method(VPTMethodConf)
 class VPTPrompts(DeepPromptLearner):
     def __init__(
         self,
         clip: FrozenCLIP,
-        n_ctx_vision: int = 8,
-        vision_depth: int = 12,
+        n_ctx_vision: int = VPTLearnerConf.n_ctx_vision,
+        vision_depth: int = VPTLearnerConf.vision_depth,
         templates: list[str] | None = None,
-        fp16_prompts: bool = False,
-        checkpoint_blocks: bool = False,
+        fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
+        checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks,
         init_seed: int | None = None,
     ) -> None:
         super().__init__(fp16_prompts=fp16_prompts, checkpoint_blocks=checkpoint_blocks)
@@ -39,7 +72,7 @@ class VPTPrompts(DeepPromptLearner):
         self.vision_deep = nn.ParameterList(
             [nn.Parameter(normal_tokens(n_ctx_vision, width, generator)) for _ in range(vision_depth - 1)])
         # Not named text_prompts: the run record reports prompts.templates for learners that follow it; VPT does not.
-        self.fixed_prompts = TextPrompts(list(templates or ["a photo of a {}."]))
+        self.fixed_prompts = TextPrompts(list(templates or VPT_TEMPLATES))
         self.templates = self.fixed_prompts.templates
 
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:

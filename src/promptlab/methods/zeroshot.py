@@ -3,10 +3,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from promptlab.config.method import (
+    II,
+    PROMPT_DESCRIPTIONS_SHA256,
+    PROMPT_TEMPLATES,
+    Augment,
+    MethodConf,
+    MethodLoaderConf,
+    OptimConf,
+)
 from promptlab.methods.base import PromptLearner
 from promptlab.methods.prompts import TextPrompts, check_templates, class_embeddings
+from promptlab.methods.registry import register_method
 from promptlab.models.frozen import FrozenCLIP
 
 
@@ -16,6 +28,25 @@ def template_embeddings(clip: FrozenCLIP, templates: list[str], classnames: list
     return class_embeddings(clip, templates, classnames)
 
 
+@dataclass
+class ZeroShotLearnerConf:
+    _target_: str = "promptlab.methods.ZeroShotPrompts"
+    templates: list[str] = II(PROMPT_TEMPLATES)
+    descriptions: str | None = II("prompts.descriptions")
+    descriptions_sha256: str | None = II(PROMPT_DESCRIPTIONS_SHA256)
+    combine_templates: bool = II("prompts.combine")
+
+
+@dataclass
+class ZeroShotMethodConf(MethodConf):
+    name: str = "zeroshot"
+    display_name: str = "CLIP"
+    learner: ZeroShotLearnerConf = field(default_factory=ZeroShotLearnerConf)
+    optim: OptimConf = field(default_factory=lambda: OptimConf(epochs=0))
+    loader: MethodLoaderConf = field(default_factory=lambda: MethodLoaderConf(augment=Augment.none))
+
+
+@register_method(ZeroShotMethodConf)
 class ZeroShotPrompts(PromptLearner):
     trainable = False
 

@@ -27,6 +27,7 @@ from promptlab.models.adapter import (
     text_tower,
 )
 from promptlab.models.shared_prefix import encode_shared_prefix
+from promptlab.models.tokens import phrase_token_count
 
 log = logging.getLogger(__name__)
 
@@ -275,11 +276,15 @@ class FrozenCLIP(nn.Module):
                 out.append(self.encode_token_embeddings(self.embed_tokens(chunk), self.eot_index(chunk)))
         return torch.cat(out)
 
-    def name_length(self, name: str) -> int:
-        """Number of BPE tokens of a class name (without SOS/EOT), as the reference computes it."""
-        encode = getattr(self.tokenizer, "encode", None)
-        if encode is not None:
-            return len(encode(name))
+    def token_count(self, text: str) -> int:
+        """Tokens of a text (a class name, an init phrase) without start/end under this model's own tokenizer,
+        as the reference counts a class name; compose-time validation counts init phrases the same way
+        (models/tokens.py)."""
+        count = phrase_token_count(self.tokenizer, text)
+        if count is not None:
+            return count
         # Tokenizers without a bare `encode` (HF ones): the tokens between start and end.
-        tokens = self.tokenize([name])
+        tokens = self.tokenize([text])
         return int(self.eot_index(tokens)[0]) - 1
+
+    name_length = token_count

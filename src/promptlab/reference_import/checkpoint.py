@@ -189,10 +189,10 @@ def import_checkpoint(
     the backbone and the learner config the prompt is evaluated with. `classnames`: the training classes, in
     label order, when known (class-specific contexts and promptlab.load_prompt(...).classify need them).
     """
-    from hydra.utils import instantiate
 
     from promptlab.config import compose
-    from promptlab.engine.build import learner_kwargs
+    from promptlab.engine.build import build_learner
+    from promptlab.methods.base import RunContext
     from promptlab.models import load_clip_from_config
 
     ckpt = read_dassl_checkpoint(path)
@@ -217,8 +217,8 @@ def import_checkpoint(
         raise ConfigError(f"{len(names)} class names given, the checkpoint was trained on {ckpt.n_classes} classes.")
     if ckpt.csc and not names:
         names = [f"class_{i}" for i in range(int(ckpt.ctx.shape[0]))]
-    learner = instantiate(cfg.method.learner, _convert_="all", clip=clip,
-                          **learner_kwargs(cfg.method, names or ["class_0"], int(cfg.seed)))
+    learner = build_learner(cfg.method, RunContext(clip=clip, classnames=names or ["class_0"],
+                                                   init_seed=int(cfg.seed)))
     _load_strict(learner, state, ckpt.path, method)
     layout = check_layout(ckpt, learner, clip, list(classnames or []))
     return _write_prompt(ckpt, method, out, cfg, clip, learner, names, checked, layout, dropped, shape)
@@ -274,10 +274,10 @@ def _import_deep(
     ("a photo of a", every reference config's): with n_ctx below the phrase's token count the reference keeps
     the rest of the phrase as fixed words after the context, which check_fixed_words compares with the
     checkpoint's token_suffix (pass method.learner.ctx_init=... if the run used another phrase, null if none)."""
-    from hydra.utils import instantiate
 
     from promptlab.config import compose
-    from promptlab.engine.build import learner_kwargs
+    from promptlab.engine.build import build_learner
+    from promptlab.methods.base import RunContext
     from promptlab.models import load_clip_from_config
     from promptlab.reference_import.deep_checkpoint import check_fixed_words
 
@@ -291,8 +291,8 @@ def _import_deep(
     names = list(classnames or [])
     if ckpt.n_classes is not None and names and len(names) != ckpt.n_classes:
         raise ConfigError(f"{len(names)} class names given, the checkpoint was trained on {ckpt.n_classes} classes.")
-    learner = instantiate(cfg.method.learner, _convert_="all", clip=clip,
-                          **learner_kwargs(cfg.method, names or ["class_0"], int(cfg.seed)))
+    learner = build_learner(cfg.method, RunContext(clip=clip, classnames=names or ["class_0"],
+                                                   init_seed=int(cfg.seed)))
     _load_strict(learner, state, ckpt.path, method)
     layout = check_fixed_words(ckpt.state_dict, learner, clip, ckpt.path)
     if names and "token_suffix" in ckpt.state_dict:

@@ -169,10 +169,10 @@ def check_fixed_words(state: Mapping[str, torch.Tensor], learner: Any, clip: Any
     compared; with them check_layout compares the whole suffix."""
     from promptlab.reference_import.checkpoint import LayoutCheckError
 
-    suffix, n_ctx = state.get("token_suffix"), int(getattr(learner, "n_ctx", 0))
+    suffix, n_ctx = state.get("token_suffix"), int(learner.n_ctx or 0)
     if suffix is None or not n_ctx:
         return "fixed words not checked (no token_suffix)"
-    text = getattr(learner, "ctx_text", "")
+    text = learner.ctx_text
     tokens = clip.tokenize([text])
     tail = clip.embed_tokens(tokens)[0, 1 + n_ctx : int(clip.eot_index(tokens)[0])].detach().float().cpu()
     if tail.shape[0] == 0:
