@@ -168,7 +168,7 @@ def learner_options(method: DictConfig) -> dict[str, Any]:
     options = OmegaConf.to_container(method.learner, resolve=True, enum_to_str=True)
     assert isinstance(options, dict)
     options.pop("_target_", None)
-    return {str(k): v for k, v in options.items()}
+    return options  # type: ignore[return-value]
 
 
 def build_learner(method: DictConfig, context: RunContext) -> PromptLearner:

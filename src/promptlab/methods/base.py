@@ -8,6 +8,8 @@ state dict holds only what it learns (a CoOp checkpoint is a few KB).
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -68,11 +70,7 @@ class Loss:
     @property
     def total(self) -> torch.Tensor:
         """The sum of the terms (the value recorded as the training loss)."""
-        values = list(self.terms.values())
-        total = values[0]
-        for value in values[1:]:
-            total = total + value
-        return total
+        return functools.reduce(operator.add, self.terms.values())
 
     @property
     def optimised(self) -> torch.Tensor:
@@ -261,5 +259,5 @@ def tokenize_prompts(clip: FrozenCLIP, ctx_text: str, n_ctx: int, classnames: li
         prefix=embeddings[:, :1],
         suffix=embeddings[:, 1 + n_ctx : length],
         eot_index=eot_index,
-        name_lens=[clip.name_length(name) for name in names],
+        name_lens=[clip.token_count(name) for name in names],
     )

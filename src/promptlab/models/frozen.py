@@ -287,4 +287,4 @@ class FrozenCLIP(nn.Module):
         tokens = self.tokenize([text])
         return int(self.eot_index(tokens)[0]) - 1
 
-    name_length = token_count
+    name_length = token_count  # the name callers used before init phrases were counted the same way

@@ -43,13 +43,5 @@ def token_counter(model_cfg: Any) -> Callable[[str], int] | None:
     text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
     if text_cfg.get("hf_tokenizer_name"):
         return None
-    tokenizer = _open_clip_tokenizer(name)
-    if phrase_token_count(tokenizer, "a") is None:
-        return None
-
-    def count(text: str) -> int:
-        result = phrase_token_count(tokenizer, text)
-        assert result is not None
-        return result
-
-    return count
+    encode = getattr(_open_clip_tokenizer(name), "encode", None)
+    return None if encode is None else (lambda text: len(encode(text)))
