@@ -4,6 +4,9 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.promptlab-installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per core, at most 4 (each holds its own torch and toy world).
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --maxprocesses 4
 # Threads per process: the demo and tests start several processes on small machines.
 export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
@@ -24,10 +27,10 @@ demo: $(STAMP)  ## the main job on the offline default: zero-shot, CoOp, CoCoOp,
 	$(PY) -m promptlab.train -m experiment=demo
 
 test: $(STAMP)  ## the fast test suite (what CI runs first)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-slow: $(STAMP)  ## the slow end-to-end tests (sweeps, DDP, the study's direction)
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m slow $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-all: test test-slow  ## both suites
 

@@ -187,15 +187,15 @@ def test_hydra_multirun_runs_every_job_and_reports_the_user_error(tmp_path: Path
 
 
 # --------------------------------------------------------------------------- console scripts
-def test_promptlab_analyze_on_a_missing_folder_prints_one_line(tmp_path: Path) -> None:
+def test_promptlab_analyze_on_a_missing_folder_prints_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    from promptlab.analysis import cli as analyze_cli
+
     missing = tmp_path / "nowhere"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    done = subprocess.run([sys.executable, "-m", "promptlab.analysis.cli", str(missing)], capture_output=True,
-                          text=True, env=env, timeout=120)
-    assert done.returncode == 1
-    assert done.stderr.startswith(f"promptlab-analyze: error: {missing} does not exist")
-    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert analyze_cli.main([str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"promptlab-analyze: error: {missing} does not exist")
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_promptlab_toyworld_reports_a_conflicting_path(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -285,7 +285,7 @@ def test_base2novel_preset_runs_end_to_end_on_a_coop_layout_tree(tmp_path: Path)
             "model=toyclip", *workspace_overrides(tmp_path),
             f"model.checkpoint={random_checkpoint(tmp_path / 'clip.pt')}",
             f"dataset.num_classes={len(expected.classnames)}"]
-    proc = run_cli(args, cwd=tmp_path, timeout=900)
+    proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "outputs" / "sweeps" / "base2novel_paper"
     records = {r["summary"]["method"]: r for r in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json"))}

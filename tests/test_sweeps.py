@@ -144,7 +144,7 @@ def test_wandb_offline_one_run_per_job_and_the_table_is_logged(tmp_path):
 
 def test_local_multirun_with_ddp_fails_fast_and_points_to_the_launchers(tmp_path):
     proc = run_cli(["-m", "seed=1,2", "trainer=ddp", "trainer.accelerator=cpu", *_common(tmp_path), "sweep_name=ddp"],
-                   cwd=tmp_path, timeout=120)
+                   cwd=tmp_path)
     assert proc.returncode != 0
     assert "Lightning issue #11300" in proc.stderr and "launcher=joblib" in proc.stderr
     assert "launcher=submitit_slurm" in proc.stderr
