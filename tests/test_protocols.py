@@ -274,6 +274,19 @@ def test_a_fifth_protocol_is_one_class_and_one_yaml(base_to_all: str, tmp_path: 
     (all_classes,) = data.eval_sets
     assert all_classes.classnames == expected.classnames and len(all_classes.items) == 3 * n_classes
 
+    # A training run with it, in process, as promptlab-train runs one (tiny toy world, random tiny CLIP).
+    from promptlab import train
+    from promptlab.results.records import find_records
+    from tests.runs import compose_cfg, tiny_overrides, top1_metrics
+
+    (tmp_path / "run").mkdir()
+    done = train.run(compose_cfg([base_to_all, "protocol=base_to_all", "method=coop", "method.optim.epochs=1",
+                                  *tiny_overrides(tmp_path / "run")]))
+    assert done["status"] == "complete" and done["summary"]["protocol"] == "base_to_all"
+    assert top1_metrics(done["metrics"]) == {"all_acc"}
+    (run_record,) = find_records([tmp_path / "run" / "outputs"])
+    assert run_record["summary"]["dataset"] == "toyworld"
+
     # Records of it go into their own table, after the shipped protocols' tables, rows in the tables' order.
     accs = {("oxford_pets", "coop"): (50.0, 60.0), ("caltech101", "coop"): (70.0, 80.0),
             ("oxford_pets", "zeroshot"): (40.0, 40.0), ("caltech101", "zeroshot"): (65.0, 65.0)}
@@ -282,19 +295,24 @@ def test_a_fifth_protocol_is_one_class_and_one_yaml(base_to_all: str, tmp_path: 
                 protocol.metrics([{"name": "all", "n_correct": int(acc), "n_images": 100}]))
         for (dataset, method), per_seed in accs.items() for seed, acc in enumerate(per_seed, start=1)
     ]
-    records += [_record("fewshot", "dtd", "coop", 1, {"acc": 55.0}),
+    records += [run_record, _record("fewshot", "dtd", "coop", 1, {"acc": 55.0}),
                 _record("base2novel", "dtd", "coop", 1, {"base_acc": 80.0, "novel_acc": 60.0, "hm": 68.6})]
     tables = build_tables(reversed(records))
     assert [t.protocol for t in tables] == ["base2novel", "fewshot", "base_to_all"]
     table = tables[-1]
     assert table.value_columns == ["all"] and table.title_of("all") == "All"
     assert [(r.keys["dataset"], r.keys["method"]) for r in table.rows if not r.is_average] == [
-        ("caltech101", "zeroshot"), ("caltech101", "coop"), ("oxford_pets", "zeroshot"), ("oxford_pets", "coop")]
+        ("caltech101", "zeroshot"), ("caltech101", "coop"), ("oxford_pets", "zeroshot"), ("oxford_pets", "coop"),
+        ("toyworld", "coop")]  # the papers' datasets first, then A-Z; methods in the papers' order
     coop = table.find(dataset="oxford_pets", method="coop").cells["all"]
     assert coop.mean == statistics.fmean([50.0, 60.0]) and coop.n == 2
     averages = {r.keys["method"]: r.cells["all"].mean for r in table.rows if r.is_average}
-    assert averages == {"zeroshot": statistics.fmean([65.0, 40.0]), "coop": statistics.fmean([75.0, 55.0])}
-    assert all(r.labels["dataset"] == AVERAGE for r in table.rows if r.is_average)
+    toyworld = run_record["metrics"]["all_acc"]
+    assert table.find(dataset="toyworld", method="coop").cells["all"].mean == toyworld
+    assert averages == {"zeroshot": statistics.fmean([65.0, 40.0]), "coop": statistics.fmean([75.0, 55.0, toyworld])}
+    # The Average rows (the protocol's average_rows) come last, zero-shot's over the 2 datasets it ran on.
+    assert [r.is_average for r in table.rows] == [False] * 5 + [True] * 2
+    assert all(r.labels["dataset"].startswith(AVERAGE) for r in table.rows[-2:])
     assert "All" in table.to_markdown()
 
     # What the protocol declares reaches the compose-time checks: it tests on classes it did not train on.
