@@ -27,9 +27,10 @@ from omegaconf import DictConfig
 from promptlab.cli_errors import full_error_requested, print_user_error
 from promptlab.errors import AnalysisError, PromptlabError
 from promptlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from promptlab.protocols.base2novel import Base2Novel
 from promptlab.results.metrics import harmonic_mean
 from promptlab.results.records import scan_records
-from promptlab.results.table import BASE2NOVEL, ResultTable, Row, RunValues, build_table
+from promptlab.results.table import ResultTable, Row, RunValues, build_table
 
 # The study's row order: text-prompt learners, then those with image-tower tokens; other methods follow in the
 # table's order (results.table).
@@ -84,7 +85,7 @@ def study_table(dirs: Iterable[str | os.PathLike[str]]) -> ResultTable:
     records = []
     for record in scan_records(dirs).complete:
         summary = record["summary"]
-        if summary.get("protocol") != BASE2NOVEL or "spurious" not in summary:
+        if summary.get("protocol") != Base2Novel.name or "spurious" not in summary:
             continue
         # A copy whose metrics also hold the analysis measures: the table reads every value from the record.
         records.append({**record, "metrics": {**record["metrics"], **analysis_metrics(record)}})
@@ -92,7 +93,7 @@ def study_table(dirs: Iterable[str | os.PathLike[str]]) -> ResultTable:
         where = ", ".join(str(d) for d in dirs)
         raise AnalysisError(f"{where}: no complete base2novel toy-world runs (with a spurious strength) found.")
     # spurious splits rows even when a sweep holds a single strength: the study's rows are per strength.
-    return build_table(records, BASE2NOVEL, split_by=("spurious",), extra_metrics=ANALYSIS_MEASURES)
+    return build_table(records, Base2Novel.name, split_by=("spurious",), extra_metrics=ANALYSIS_MEASURES)
 
 
 def rows_from_table(table: ResultTable) -> list[StudyRow]:

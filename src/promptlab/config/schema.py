@@ -50,13 +50,6 @@ class WeightsDtype(str, Enum):
     fp16 = "fp16"
 
 
-class ProtocolName(str, Enum):
-    base2novel = "base2novel"
-    fewshot = "fewshot"
-    cross_dataset = "cross_dataset"
-    domain_generalization = "domain_generalization"
-
-
 # "raise" is a keyword: the functional API names the member anyway (OmegaConf matches names).
 OnError = Enum("OnError", {"raise": "raise", "skip": "skip"}, type=str)
 OnError.__doc__ = "What to do with a missing or corrupt image: raise (default) or skip it (listed in the record)."
@@ -153,7 +146,9 @@ class DatasetConf:
 
 @dataclass
 class ProtocolConf:
-    name: ProtocolName = MISSING
+    # A registered protocol (promptlab.protocols.protocol_names()), checked by promptlab.config.validate: the
+    # registry, not a closed Enum, so that a new protocol is its module and its YAML only.
+    name: str = MISSING
     targets: dict[str, DatasetConf] = field(default_factory=dict)
 
 

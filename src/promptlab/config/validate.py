@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from promptlab.config.schema import PRECISIONS, Augment, ProtocolName, ScheduleUnit, Selection, TrainCache
+from promptlab.config.schema import PRECISIONS, Augment, ScheduleUnit, Selection, TrainCache
 from promptlab.errors import ConfigError
 
 
@@ -69,7 +69,7 @@ def problems(cfg: DictConfig) -> list[str]:
     need(shots == -1 or (shots is not None and shots >= 1), f"shots={shots}: use a count >= 1, or -1 for all images.")
 
     method = cfg.method
-    loader, optim, learner = method.loader, method.optim, method.learner
+    loader, optim = method.loader, method.optim
     for key in ("batch_size", "eval_batch_size"):
         value = loader[key]
         need(value >= 1, f"method.loader.{key}={value}: must be at least 1.")
@@ -92,13 +92,7 @@ def problems(cfg: DictConfig) -> list[str]:
     need(not (optim.get("schedule_unit") == ScheduleUnit.step and optim.warmup_epochs != 0),
          f"method.optim.schedule_unit=step with warmup_epochs={optim.warmup_epochs}: the per-iteration cosine "
          "(Tip-Adapter-F) has no warm-up; set method.optim.warmup_epochs=0.")
-    protocol = cfg.protocol.name
-    if learner.get("csc") and protocol != ProtocolName.fewshot:
-        found.append(
-            f"method.learner.csc=true with protocol={protocol.value}: a class-specific context is learned for the "
-            "training classes only and cannot score other classes (novel classes, target datasets). Use "
-            "protocol=fewshot, or method.learner.csc=false."
-        )
+    found += _protocol_problems(cfg)
 
     precision = str(cfg.trainer.precision)
     need(precision in PRECISIONS, f"trainer.precision={precision}: expected one of {', '.join(PRECISIONS)}.")
@@ -129,6 +123,26 @@ def problems(cfg: DictConfig) -> list[str]:
     found += _reader_problems(cfg)
     found += _prompt_problems(cfg)
     return found
+
+
+def _protocol_problems(cfg: DictConfig) -> list[str]:
+    """protocol.name against the protocol registry, and what the protocol asks of the learner."""
+    from promptlab.protocols import get_protocol, protocol_names
+
+    name = str(cfg.protocol.name)
+    try:
+        protocol = get_protocol(name)
+    except ConfigError as err:
+        return [str(err)]
+    if cfg.method.learner.get("csc") and protocol.evaluates_other_classes:
+        alone = [p for p in protocol_names() if not get_protocol(p).evaluates_other_classes]
+        use = " or ".join(f"protocol={p}" for p in alone) or "a protocol tested on its training classes only"
+        return [
+            f"method.learner.csc=true with protocol={name}: a class-specific context is learned for the "
+            f"training classes only and cannot score other classes (novel classes, target datasets). Use {use}, "
+            "or method.learner.csc=false."
+        ]
+    return []
 
 
 def _prompt_problems(cfg: DictConfig) -> list[str]:

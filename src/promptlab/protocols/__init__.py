@@ -8,7 +8,9 @@
 - domain_generalization (CoOp): train on ImageNet, test on its variants (same classes or subsets).
 
 `get_protocol(name)` returns the object; it builds a run's data, turns its evaluations into the record's
-metrics and fills its table (see `promptlab.protocols.base.Protocol`).
+metrics and fills its table (see `promptlab.protocols.base.Protocol`). Each module registers its protocol with
+`@register_protocol` (registry.py) and is found by discovery, so a new protocol is one module here plus its
+YAML in conf/protocol/ (docs/protocols.md); `protocol_names()` lists them in table order.
 """
 
 from __future__ import annotations
@@ -17,26 +19,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# Importing a protocol's module registers its object (`<module>.PROTOCOL`).
-from promptlab.protocols import base2novel, cross_dataset, domain_generalization, fewshot
-from promptlab.protocols.base import (
-    MissingMetricError,
-    Protocol,
-    ProtocolData,
+from promptlab.protocols.base import MissingMetricError, Protocol, ProtocolData
+from promptlab.protocols.registry import (
     get_protocol,
     protocol_names,
-    register,
+    register_protocol,
     table_protocol,
-)
-
-# The built-in protocols in the order their tables are listed (the papers' order).
-PROTOCOLS: tuple[str, ...] = tuple(
-    m.PROTOCOL.name for m in (base2novel, fewshot, cross_dataset, domain_generalization)
+    unregister_protocol,
 )
 
 __all__ = [
-    "PROTOCOLS", "MissingMetricError", "Protocol", "ProtocolData",
-    "build_protocol_data", "get_protocol", "protocol_metrics", "protocol_names", "register", "table_protocol",
+    "MissingMetricError", "Protocol", "ProtocolData", "build_protocol_data", "get_protocol",
+    "protocol_metrics", "protocol_names", "register_protocol", "table_protocol", "unregister_protocol",
 ]
 
 

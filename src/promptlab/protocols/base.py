@@ -1,4 +1,4 @@
-"""The contract of an evaluation protocol, its registry, and the helpers the protocols share.
+"""The contract of an evaluation protocol and the helpers the protocols share (the registry: registry.py).
 
 A protocol is one object (see `Protocol`) that knows the three things that differ between the papers'
 evaluations: which data a run trains and is tested on (`build_data`), which flat metrics its run record
@@ -14,10 +14,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from promptlab.data.types import DatasetSplits, Datum, EvalSet
-from promptlab.errors import ConfigError
 from promptlab.results.metrics import accuracy_percent
 
 
@@ -47,6 +46,17 @@ class Protocol:
     """
 
     name: str = ""
+    # Position of its tables among the protocols' (and of its name in `protocol_names()`): lower first; equal
+    # orders keep the order of registration. The shipped protocols take 10-40 (the papers' order).
+    order: int = 100
+    # Whether a run is tested on classes it did not train on (novel classes, other datasets): a learner that
+    # cannot score such classes (a class-specific context) is refused at compose time unless this is False.
+    evaluates_other_classes: bool = True
+    # The figure of its tables (promptlab.results.plots): "bars" (grouped bars of the value columns) or
+    # "base_novel" (base and novel bars with the HM marked; needs the value columns base, novel and hm).
+    figure: str = "bars"
+    # Whether a table whose rows hold several shot counts is drawn as accuracy versus shots instead.
+    plots_shots: bool = False
     # Whether a table gets one Average row per method (and split-key values) over its datasets.
     average_rows: bool = False
     # Column titles of this protocol's value columns (anything not listed shows its key).
@@ -139,44 +149,6 @@ class GenericProtocol(Protocol):
 
     def __init__(self, name: str) -> None:
         self.name = name
-
-
-# --------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, Protocol] = {}
-P = TypeVar("P", bound=Protocol)
-
-
-def register(protocol: P) -> P:
-    """Make `protocol` available under its name (`get_protocol`, and the tables of its records)."""
-    if not protocol.name:
-        raise ValueError(f"{type(protocol).__name__} has no name; set the class attribute `name`.")
-    if protocol.name in _REGISTRY and _REGISTRY[protocol.name] is not protocol:
-        raise ValueError(f"a protocol named {protocol.name!r} is already registered.")
-    _REGISTRY[protocol.name] = protocol
-    return protocol
-
-
-def protocol_names() -> tuple[str, ...]:
-    """The registered protocol names, in registration order."""
-    return tuple(_REGISTRY)
-
-
-def get_protocol(name: str) -> Protocol:
-    """The registered protocol `name` (e.g. the config's protocol.name); ConfigError (a ValueError) naming
-    the choices for an unknown name."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown protocol {name!r}; expected one of {protocol_names()} (protocol.name in the config)."
-        ) from None
-
-
-def table_protocol(name: str) -> Protocol:
-    """The protocol that fills the table of records with `summary.protocol == name`: the registered one,
-    else a generic table of every numeric metric (records of a protocol this promptlab does not know)."""
-    return _REGISTRY.get(name) or GenericProtocol(name)
 
 
 # --------------------------------------------------------------------------- shared helpers

@@ -16,14 +16,17 @@ from promptlab.protocols.base import (
     not_applicable,
     record_label,
     record_metric,
-    register,
     require,
 )
+from promptlab.protocols.registry import register_protocol
 from promptlab.results.metrics import harmonic_mean
 
 
+@register_protocol
 class Base2Novel(Protocol):
     name = "base2novel"
+    order = 10
+    figure = "base_novel"
     average_rows = True
     column_titles = {"base": "Base", "novel": "Novel", "hm": "HM"}
     table_notes = (
@@ -84,5 +87,3 @@ class Base2Novel(Protocol):
         out["hm"] = harmonic_mean(out["base"], out["novel"])
         return out
 
-
-PROTOCOL = register(Base2Novel())

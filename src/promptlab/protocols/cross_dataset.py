@@ -3,12 +3,12 @@ dataset's own classes."""
 
 from __future__ import annotations
 
-from promptlab.protocols.base import register
+from promptlab.protocols.registry import register_protocol
 from promptlab.protocols.transfer import TransferProtocol
 
 
+@register_protocol
 class CrossDataset(TransferProtocol):
     name = "cross_dataset"
+    order = 30
 
-
-PROTOCOL = register(CrossDataset())

@@ -3,12 +3,12 @@ classes or subsets of them, other image distributions)."""
 
 from __future__ import annotations
 
-from promptlab.protocols.base import register
+from promptlab.protocols.registry import register_protocol
 from promptlab.protocols.transfer import TransferProtocol
 
 
+@register_protocol
 class DomainGeneralization(TransferProtocol):
     name = "domain_generalization"
+    order = 40
 
-
-PROTOCOL = register(DomainGeneralization())

@@ -13,13 +13,18 @@ from promptlab.protocols.base import (
     accuracies,
     all_classes_data,
     record_metric,
-    register,
     require,
 )
+from promptlab.protocols.registry import register_protocol
 
 
+@register_protocol
 class FewShot(Protocol):
     name = "fewshot"
+    order = 20
+    # Tested on its training classes only (conf/protocol/fewshot.yaml has no targets).
+    evaluates_other_classes = False
+    plots_shots = True  # CoOp's Figure 3: accuracy versus shots
     average_rows = True  # the Average row is the mean of the per-dataset means
     column_titles = {"acc": "Acc."}
 
@@ -46,5 +51,3 @@ class FewShot(Protocol):
     def value_columns(self, values: Sequence[Mapping[str, float]]) -> list[str]:
         return ["acc"]
 
-
-PROTOCOL = register(FewShot())

@@ -1,5 +1,7 @@
 """Figures of result tables (PNG, matplotlib's Agg canvas: no display and no pyplot global state).
 
+Which figure a table gets is declared by its protocol (`Protocol.figure`, `Protocol.plots_shots`):
+
 - base2novel: per dataset (Average last) and method, a solid base bar and a hatched novel bar in the
   method's colour, with a black line + dot at the HM; error bars are the std over seeds.
 - other protocols: grouped bars, one group per dataset (single-column tables such as fewshot) or per
@@ -21,7 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from promptlab.io import atomic_write_bytes
-from promptlab.results.table import BASE2NOVEL, FEWSHOT, Cell, ResultTable
+from promptlab.protocols import table_protocol
+from promptlab.results.table import Cell, ResultTable
 
 _DPI = 150
 
@@ -58,8 +61,9 @@ def _upper_limit(cells: list[Cell]) -> float:
 
 def plot_base2novel(table: ResultTable, path: str | os.PathLike[str]) -> Path:
     """Grouped base/novel bars with the HM marked; returns the PNG path."""
-    if table.protocol != BASE2NOVEL:
-        raise ValueError(f"plot_base2novel needs a base2novel table, got protocol {table.protocol!r}.")
+    if table_protocol(table.protocol).figure != "base_novel":
+        raise ValueError(f"plot_base2novel needs a base2novel table (a protocol with figure='base_novel'), got "
+                         f"protocol {table.protocol!r}.")
     groups = list(dict.fromkeys(row.labels["dataset"] for row in table.rows))
     series = list(dict.fromkeys(table.series_label(row) for row in table.rows))
     figure, ax = _new_figure(len(groups), 2 * len(series))
@@ -123,8 +127,8 @@ def plot_grouped(table: ResultTable, path: str | os.PathLike[str]) -> Path:
 
 
 def is_shot_sweep(table: ResultTable) -> bool:
-    """A fewshot table whose rows are split by several shot counts."""
-    if table.protocol != FEWSHOT or "shots" not in table.split_columns:
+    """A table of a protocol drawn by shots (fewshot) whose rows are split by several shot counts."""
+    if not table_protocol(table.protocol).plots_shots or "shots" not in table.split_columns:
         return False
     return len({row.keys.get("shots") for row in table.rows}) > 1
 
@@ -180,7 +184,7 @@ def plot_accuracy_vs_shots(table: ResultTable, path: str | os.PathLike[str], col
 
 def plot_table(table: ResultTable, path: str | os.PathLike[str]) -> Path:
     """The figure suited to the table's protocol."""
-    if table.protocol == BASE2NOVEL:
+    if table_protocol(table.protocol).figure == "base_novel":
         return plot_base2novel(table, path)
     if is_shot_sweep(table):
         return plot_accuracy_vs_shots(table, path)

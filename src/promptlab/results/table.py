@@ -41,12 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptlab.errors import RecordError
-from promptlab.protocols import PROTOCOLS, MissingMetricError, Protocol, table_protocol
+from promptlab.protocols import MissingMetricError, Protocol, protocol_names, table_protocol
 
 log = logging.getLogger(__name__)
-
-BASE2NOVEL, FEWSHOT, CROSS_DATASET, DOMAIN_GENERALIZATION = PROTOCOLS
-PROTOCOL_ORDER = PROTOCOLS
 
 AVERAGE = "Average"
 
@@ -290,7 +287,8 @@ def _round(value: float | None) -> float | None:
 
 def build_tables(records: Iterable[dict[str, Any]], ignore_keys: Iterable[str] = (),
                  all_metrics: bool = False) -> list[ResultTable]:
-    """One table per protocol found in the (complete) records, in PROTOCOL_ORDER then A-Z.
+    """One table per protocol found in the (complete) records: registered protocols in `protocol_names()` order,
+    then unregistered ones A-Z.
 
     Raises ValueError when no protocol's records have the metrics its table needs.
 
@@ -301,7 +299,8 @@ def build_tables(records: Iterable[dict[str, Any]], ignore_keys: Iterable[str] =
     by_protocol: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_protocol.setdefault(str(record["summary"].get("protocol", "unknown")), []).append(record)
-    order = sorted(by_protocol, key=lambda p: (PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else 99, p))
+    known = protocol_names()
+    order = sorted(by_protocol, key=lambda p: (known.index(p) if p in known else len(known), p))
     tables, problems = [], []
     for protocol in order:
         try:
