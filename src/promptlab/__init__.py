@@ -1,4 +1,5 @@
-"""promptlab: prompt learning (zero-shot CLIP, CoOp, CoCoOp, KgCoOp) on frozen CLIP models.
+"""promptlab: prompt learning on frozen CLIP models (zero-shot CLIP, CoOp, CoCoOp, KgCoOp, ProGrad, deep and
+multi-modal prompts, linear probe, Tip-Adapter).
 
 The public Python API (promptlab.api), imported on first use so that `import promptlab` stays light:
 

@@ -244,7 +244,6 @@ class PromptTokens:
     With `truncate=True` the sequences stop after the longest EOT (causal text transformer, exact).
     """
 
-    tokens: torch.Tensor
     prefix: torch.Tensor
     suffix: torch.Tensor
     eot_index: torch.Tensor
@@ -260,7 +259,6 @@ def tokenize_prompts(clip: FrozenCLIP, ctx_text: str, n_ctx: int, classnames: li
     eot_index = clip.eot_index(tokens)
     length = int(eot_index.max()) + 1 if clip.truncate_text else tokens.shape[1]
     return PromptTokens(
-        tokens=tokens,
         prefix=embeddings[:, :1],
         suffix=embeddings[:, 1 + n_ctx : length],
         eot_index=eot_index,
