@@ -46,9 +46,12 @@ study: $(STAMP)  ## the spurious-background study: 4 methods x 3 strengths x see
 study-all: $(STAMP)  ## the same study over all 10 prompt learners (ProGrad, VPT, IVLP, MaPLe, PromptSRC...), 5 seeds (about an hour on 2 cores)
 	$(PY) -m promptlab.train -m experiment=spurious_study_all
 
-lint: $(STAMP)  ## ruff over everything, mypy over the public API (promptlab.api)
+# What mypy checks: the public API, the Lightning engine and every method (each of them passes).
+MYPY_PATHS := src/promptlab/api.py src/promptlab/__init__.py src/promptlab/engine src/promptlab/methods
+
+lint: $(STAMP)  ## ruff over src and tests, mypy over the public API, the engine and the methods
 	$(VENV)/bin/ruff check src tests
-	$(PY) -m mypy src/promptlab/api.py src/promptlab/__init__.py --follow-imports=silent --ignore-missing-imports
+	$(PY) -m mypy $(MYPY_PATHS) --follow-imports=silent --ignore-missing-imports
 
 clean:  ## remove outputs (keeps the venv and generated data)
 	rm -rf outputs/runs outputs/sweeps outputs/tables outputs/cache

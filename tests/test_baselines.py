@@ -1,4 +1,4 @@
-"""Few-shot baselines on frozen CLIP features: linear probe, Tip-Adapter, Tip-Adapter-F (issue 14)."""
+"""Few-shot baselines on frozen CLIP features: linear probe, Tip-Adapter, Tip-Adapter-F."""
 
 from __future__ import annotations
 

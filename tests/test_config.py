@@ -51,6 +51,28 @@ def _compose_option(group: str, option: str) -> DictConfig:
     return compose([f"{group}={option}", *extra], check=check)
 
 
+def _check_logger_option(cfg: DictConfig, option: str, tmp_path, monkeypatch) -> None:
+    """The logger option builds its logger (none: no logger), which logs a metric and finishes."""
+    from promptlab.engine.build import build_loggers
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    cfg.paths.output_dir = str(tmp_path)
+    if option == "wandb":
+        cfg.logger.wandb.mode = "offline"
+    loggers = build_loggers(cfg, tmp_path / "run")
+    assert [type(lg).__name__.lower().removesuffix("logger") for lg in loggers] == (
+        [] if option == "none" else [option])
+    for lg in loggers:
+        lg.log_metrics({"test/acc": 1.0})
+        lg.finalize("success")
+    if option == "wandb":
+        import wandb
+
+        assert "offline-run" in str(loggers[0].experiment.dir)
+        wandb.finish()
+        wandb.teardown()  # the next test starts from a clean wandb
+
+
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_option_composes_and_instantiates(group: str, option: str, random_clip, tmp_path, monkeypatch) -> None:
     cfg = _compose_option(group, option)
@@ -77,24 +99,7 @@ def test_every_option_composes_and_instantiates(group: str, option: str, random_
         trainer = instantiate(cfg.trainer, max_epochs=1, logger=False, default_root_dir=str(tmp_path))
         assert trainer.max_epochs == 1
     elif group == "logger":
-        from promptlab.engine.build import build_loggers
-
-        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-        cfg.paths.output_dir = str(tmp_path)
-        if option == "wandb":
-            cfg.logger.wandb.mode = "offline"
-        loggers = build_loggers(cfg, tmp_path / "run")
-        assert [type(lg).__name__.lower().removesuffix("logger") for lg in loggers] == (
-            [] if option == "none" else [option])
-        for lg in loggers:
-            lg.log_metrics({"test/acc": 1.0})
-            lg.finalize("success")
-        if option == "wandb":
-            import wandb
-
-            assert "offline-run" in str(loggers[0].experiment.dir)
-            wandb.finish()
-            wandb.teardown()  # the next test starts from a clean wandb
+        _check_logger_option(cfg, option, tmp_path, monkeypatch)
     elif group == "model":
         import open_clip
 

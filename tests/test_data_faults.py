@@ -1,4 +1,4 @@
-"""The data faults that used to cost whole training runs, each reproduced on a fixture tree (issue 13).
+"""The data faults that used to cost whole training runs, each reproduced on a fixture tree.
 
 Each test builds the broken tree, runs what a user runs, and checks the message and the outcome: the run
 stops before training with the file named, or goes on (on_error=skip) with the file left out and recorded.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import promptlab
 from promptlab.launch import LAUNCH_KEYS
 from promptlab.results import records
 from promptlab.results.metrics import accuracy_percent, harmonic_mean
@@ -69,7 +70,7 @@ def test_write_is_atomic_and_round_trips(tmp_path: Path) -> None:
     assert read_record(path)["metrics"] == {"acc": 71.25}
     assert set(record) >= {"schema", "status", "run_dir", "config_hash", "summary", "overrides", "config",
                            "metrics", "evaluations", "timings", "versions", "notes", "error"}
-    assert record["versions"]["promptlab"] == "0.1.0"
+    assert record["versions"]["promptlab"] == promptlab.__version__
 
     # Overwriting replaces the whole file; the old content never shows through.
     record["metrics"] = {"acc": 12.5}

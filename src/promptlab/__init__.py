@@ -1,4 +1,5 @@
-"""promptlab: prompt learning (zero-shot CLIP, CoOp, CoCoOp, KgCoOp) on frozen CLIP models.
+"""promptlab: prompt learning on frozen CLIP models (zero-shot CLIP, CoOp, CoCoOp, KgCoOp, ProGrad, deep and
+multi-modal prompts, linear probe, Tip-Adapter).
 
 The public Python API (promptlab.api), imported on first use so that `import promptlab` stays light:
 
@@ -9,9 +10,14 @@ The public Python API (promptlab.api), imported on first use so that `import pro
 - `read_sweep(path)`: a sweep's tables (`to_markdown`, `to_csv`, `to_latex`, `to_records`, `to_pandas`).
 """
 
+from importlib import metadata
 from typing import Any
 
-__version__ = "0.1.0"
+try:
+    # pyproject.toml is the one place the version is written; the installed metadata carries it here.
+    __version__ = metadata.version("promptlab")
+except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _API = ("PromptClassifier", "build_run", "compose", "load_prompt", "read_sweep", "run")
 __all__ = ["__version__", *_API]

@@ -311,62 +311,66 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
             for i in starts:
                 augment(device_batch(i))
 
-        def pil_only() -> None:
-            for i in starts:
-                pil_batch(items[i : i + b])
-
-        def step(learner, x: torch.Tensor, y: torch.Tensor, optimizer, model: FrozenCLIP, context, per_image=False):
-            optimizer.zero_grad(set_to_none=True)
-            with context():
-                feats = model.encode_image(x)
-                text = (learner.reference_forward(model, feats) if per_image else
-                        learner(model, feats) if isinstance(learner, CoCoOpPrompts) else learner(model)).float()
-                loss = F.cross_entropy(logits_from_features(feats, text, scale), y)
-            loss.backward()
-            optimizer.step()
-
         def tensor_epoch(learner) -> Callable[[], None]:
             optimizer = torch.optim.SGD(learner.parameters(), lr=1e-3, momentum=0.9)
 
             def run() -> None:
                 for i in starts:
-                    step(learner, augment(device_batch(i)), labels[i : i + b], optimizer, clip, lambda: amp)
-            return run
-
-        # fp32, no autocast, attention through the unfused math kernel (the reference's nn.MultiheadAttention
-        # path of 2022 ran unfused); torch.backends.mha's fast path off for the same reason.
-        reference_context = _reference_attention
-
-        def pil_batch(batch_items: list[Datum]) -> torch.Tensor:
-            return torch.stack([pil_transform(Image.open(it.impath).convert("RGB")) for it in batch_items]).to(device)
-
-        def reference_epoch(learner, batch: int, per_image: bool, limit: int) -> Callable[[], None]:
-            optimizer = torch.optim.SGD(learner.parameters(), lr=1e-3, momentum=0.9)
-
-            def run() -> None:
-                for i in range(0, limit, batch):
-                    step(learner, pil_batch(items[i : i + batch]), labels[i : i + batch], optimizer, clip_full,
-                         reference_context, per_image=per_image)
+                    _train_step(learner, augment(device_batch(i)), labels[i : i + b], optimizer, clip, scale,
+                                lambda: amp)
             return run
 
         n_ref = min(n, args.cocoop_reference_images)
+        coop_epoch, cocoop_epoch = tensor_epoch(coop), tensor_epoch(cocoop)
+        ref = _reference_epochs(items, labels, pil_transform, (coop_full, cocoop_full), clip_full, scale, device, b,
+                                n_ref)
         t = timed_interleaved({
-            "augment": augment_only, "pil": pil_only, "floor": floor, "coop_text": coop_text_only,
-            "coop": tensor_epoch(coop), "cocoop": tensor_epoch(cocoop),
-            "ref_coop": reference_epoch(coop_full, b, False, n),
-            "ref_cocoop": reference_epoch(cocoop_full, 1, True, n_ref),
+            "augment": augment_only, "pil": ref["pil"], "floor": floor, "coop_text": coop_text_only,
+            "coop": coop_epoch, "cocoop": cocoop_epoch, "ref_coop": ref["ref_coop"], "ref_cocoop": ref["ref_cocoop"],
         }, device, r)
-        t_floor, t_coop, t_cocoop, t_ref_coop, t_ref_cocoop = (
-            t["floor"], t["coop"], t["cocoop"], t["ref_coop"], t["ref_cocoop"])
+    conditions = (f"{n} JPEGs 500x375 q90 (decoded once, stored {tuple(stored[1:])}), output {size}px, batch {b}, "
+                  f"{torch.get_num_threads()} thread(s), one timed run = one epoch, rows run in turn, median of {r} "
+                  f"rounds after a warm-up round; CoCoOp reference loop (batch 1) on {n_ref} images")
+    return {"aug_conditions": conditions, "aug_decode_once_img_s": n / t_decode, **_augmented_figures(t, n, n_ref)}
 
+
+def _reference_epochs(items: list[Datum], labels: torch.Tensor, pil_transform: Callable, learners: tuple,
+                      model: FrozenCLIP, scale: torch.Tensor, device: torch.device, batch: int,
+                      n_ref: int) -> dict[str, Callable[[], None]]:
+    """The reference-equivalent pipeline's timed rows: each image decoded and augmented through PIL every epoch
+    ("pil"), and the CoOp step ("ref_coop") and CoCoOp's per-image loop at batch 1 on the first `n_ref` images
+    ("ref_cocoop") on it. `learners`: (CoOp, CoCoOp) on `model`, a FrozenCLIP with untruncated text."""
+    coop_full, cocoop_full = learners
+
+    def pil_batch(batch_items: list[Datum]) -> torch.Tensor:
+        return torch.stack([pil_transform(Image.open(it.impath).convert("RGB")) for it in batch_items]).to(device)
+
+    def pil_only() -> None:
+        for i in range(0, len(items), batch):
+            pil_batch(items[i : i + batch])
+
+    def reference_epoch(learner, size: int, per_image: bool, limit: int) -> Callable[[], None]:
+        optimizer = torch.optim.SGD(learner.parameters(), lr=1e-3, momentum=0.9)
+
+        def run() -> None:
+            # fp32, no autocast, attention through the unfused math kernel (the reference's nn.MultiheadAttention
+            # path of 2022 ran unfused); torch.backends.mha's fast path off for the same reason.
+            for i in range(0, limit, size):
+                _train_step(learner, pil_batch(items[i : i + size]), labels[i : i + size], optimizer, model, scale,
+                            _reference_attention, per_image=per_image)
+        return run
+
+    return {"pil": pil_only, "ref_coop": reference_epoch(coop_full, batch, False, len(items)),
+            "ref_cocoop": reference_epoch(cocoop_full, 1, True, n_ref)}
+
+
+def _augmented_figures(t: dict[str, float], n: int, n_ref: int) -> dict[str, float]:
+    """Speeds and ratios of the augmented rows from their timings (`t`: seconds per epoch of each row)."""
+    t_floor, t_coop, t_cocoop, t_ref_coop, t_ref_cocoop = (
+        t["floor"], t["coop"], t["cocoop"], t["ref_coop"], t["ref_cocoop"])
     floor_s, coop_s, cocoop_s = n / t_floor, n / t_coop, n / t_cocoop
     ref_coop_s, ref_cocoop_s = n / t_ref_coop, n_ref / t_ref_cocoop
     return {
-        "aug_conditions": (f"{n} JPEGs 500x375 q90 (decoded once, stored {tuple(stored[1:])}), output {size}px, "
-                           f"batch {b}, {torch.get_num_threads()} thread(s), one timed run = one epoch, rows run in "
-                           f"turn, median of {r} rounds after a warm-up round; CoCoOp reference loop (batch 1) on "
-                           f"{n_ref} images"),
-        "aug_decode_once_img_s": n / t_decode,
         "aug_tensor_augment_only_img_s": n / t["augment"],
         "aug_pil_decode_and_augment_only_img_s": n / t["pil"],
         "aug_floor_encoder_forward_img_s": floor_s,
@@ -383,6 +387,20 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
         "ratio_aug_coop_vs_reference_speed": coop_s / ref_coop_s,
         "ratio_aug_cocoop_vs_reference_loop_speed": cocoop_s / ref_cocoop_s,
     }
+
+
+def _train_step(learner, x: torch.Tensor, y: torch.Tensor, optimizer, model: FrozenCLIP, scale: torch.Tensor,
+                context: Callable, per_image: bool = False) -> None:
+    """One cross-entropy step of a CoOp or CoCoOp learner; `per_image`: CoCoOp's reference loop (one text pass
+    per image)."""
+    optimizer.zero_grad(set_to_none=True)
+    with context():
+        feats = model.encode_image(x)
+        text = (learner.reference_forward(model, feats) if per_image else
+                learner(model, feats) if isinstance(learner, CoCoOpPrompts) else learner(model)).float()
+        loss = F.cross_entropy(logits_from_features(feats, text, scale), y)
+    loss.backward()
+    optimizer.step()
 
 
 @contextmanager

@@ -31,8 +31,3 @@ LAUNCH_KEYS: tuple[str, ...] = (
 def is_launch_key(key: str) -> bool:
     """True for a launch-only key or anything below one (`logger.wandb.tags` is under `logger`)."""
     return any(key == k or key.startswith(k + ".") for k in LAUNCH_KEYS)
-
-
-def override_dirname_excludes() -> list[str]:
-    """Hydra's `override_dirname.exclude_keys` (it matches whole override keys, so list them as they are)."""
-    return list(LAUNCH_KEYS)

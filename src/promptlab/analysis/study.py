@@ -28,7 +28,6 @@ from promptlab.cli_errors import full_error_requested, print_user_error
 from promptlab.errors import AnalysisError, PromptlabError
 from promptlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from promptlab.protocols.base2novel import Base2Novel
-from promptlab.results.metrics import harmonic_mean
 from promptlab.results.records import scan_records
 from promptlab.results.table import ResultTable, Row, RunValues, build_table
 
@@ -247,11 +246,6 @@ def write_study(sweep_dir: Path | Sequence[Path], out_dir: Path | None = None, q
         print(markdown)
         print(f"study figure: {paths['figure']}")
     return paths
-
-
-def hm_of_means(row: StudyRow) -> float:
-    """HM of the seed-mean base and novel accuracies (how papers summarise a row)."""
-    return harmonic_mean(row.mean["base"], row.mean["novel"])
 
 
 class StudyOnMultirunEnd(Callback):

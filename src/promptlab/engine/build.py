@@ -92,7 +92,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         if "_target_" not in node:
             raise ConfigError(f"logger.{key} has no _target_: a logger is a Lightning logger node, e.g. "
                               "_target_: lightning.pytorch.loggers.CSVLogger.")
-        params = inspect.signature(get_class(str(node._target_)).__init__).parameters
+        params = inspect.signature(get_class(str(node._target_)).__init__).parameters  # type: ignore[misc]
         fill: dict[str, Any] = {}
         if node.get("save_dir", None) is None and "save_dir" in params:
             fill["save_dir"] = str(run_dir)
@@ -186,7 +186,7 @@ def uses_fewshot(cfg: DictConfig) -> bool:
     return learner.trainable and resolve_epochs(cfg.method.optim, cfg.dataset, int(cfg.shots)) > 0
 
 
-def save_learner(path: Path, learner: torch.nn.Module, cfg: DictConfig, clip: Any = None) -> None:
+def save_learner(path: Path, learner: PromptLearner, cfg: DictConfig, clip: Any = None) -> None:
     """The learned tensors only (loadable with torch.load(weights_only=True)) plus what rebuilds them, and the
     backbone fingerprint (architecture + weights) that load_learner compares."""
     payload = {

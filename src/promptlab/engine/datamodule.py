@@ -152,7 +152,7 @@ class PromptDataModule(L.LightningDataModule):
         self.train_transform = build_transform(size, train=True, augment=augment, **spec)
         self.test_transform = build_transform(size, train=False, **spec)
         self.active_eval: EvalSet | None = None
-        self._train_dataset: Dataset | None = None
+        self._train_dataset: FeatureDataset | DecodedImages | ImageDataset | None = None
         # The training order's generator, kept so an in-run checkpoint can save and restore it (state_dict).
         self._train_generator: torch.Generator | None = None
         self._restored_generator_state: torch.Tensor | None = None
@@ -209,7 +209,7 @@ class PromptDataModule(L.LightningDataModule):
         if stage == "fit" and self._train_dataset is None:
             self._train_dataset = self._build_train_dataset()
 
-    def _build_train_dataset(self) -> Dataset:
+    def _build_train_dataset(self) -> FeatureDataset | DecodedImages | ImageDataset:
         if not self.train_items:
             raise ValueError("No training images: the few-shot split is empty.")
         if not self.uses_train_features and self.augment_backend == "tensor" and self.augment != "none":
@@ -293,7 +293,7 @@ class PromptDataModule(L.LightningDataModule):
             generator.set_state(self._restored_generator_state)
             self._restored_generator_state = None
         self._train_generator = generator
-        sampler = None
+        sampler: DistributedSampler | None = None
         if world > 1:
             sampler = DistributedSampler(self._train_dataset, num_replicas=world, rank=rank, shuffle=True,
                                          seed=self.seed, drop_last=False)
@@ -368,8 +368,8 @@ class PromptDataModule(L.LightningDataModule):
         loader has a generator of its own: validating must not draw from the training run's random stream."""
         rank, world = self._rank_world()
         if self.encodes_images:
-            dataset: Dataset = ImageDataset(self.val_items, self.test_transform, on_error=self.on_error,
-                                            check_cache_dir=self.cache_dir)
+            dataset: ImageDataset | FeatureDataset = ImageDataset(
+                self.val_items, self.test_transform, on_error=self.on_error, check_cache_dir=self.cache_dir)
             workers = self.decode_workers(len(dataset), "few-shot val")
         else:
             feats, labels = self._split_features(self.val_items, "few-shot val")

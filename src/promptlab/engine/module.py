@@ -39,6 +39,8 @@ class CountMetric(Metric):
     """Exact integer counts of correct predictions and images, summed across DDP ranks."""
 
     full_state_update = False
+    correct: torch.Tensor  # states (add_state)
+    total: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,6 +60,9 @@ class ClassCounts(Metric):
     metric some datasets are reported with) and top-5 accuracy beside the micro top-1 of CountMetric."""
 
     full_state_update = False
+    correct: torch.Tensor  # states (add_state), per class
+    total: torch.Tensor
+    topk: torch.Tensor  # top-5 hits
 
     def __init__(self, num_classes: int, k: int = 5) -> None:
         super().__init__()
@@ -171,7 +176,9 @@ class PromptLearningModule(L.LightningModule):
         for key, value in loss.logged.items():
             self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=size)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers returns one optimizer
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss.optimised
 
     def loss_terms_logged(self) -> dict[str, float]:
@@ -289,7 +296,7 @@ class EpochSelector(L.Callback):
         self.history: list[float] = []
         self._state: dict[str, torch.Tensor] | None = None
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:  # type: ignore[override]
         if self.features is None or self.labels is None:
             raise RuntimeError("EpochSelector: no held-out features were given before training.")
         correct, total = pl_module.accuracy_on(self.features, self.labels)
@@ -313,7 +320,7 @@ class EpochSelector(L.Callback):
         self.history = list(state_dict.get("history", []))
         self._state = state_dict.get("state")
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:  # type: ignore[override]
         if self._state is not None:
             pl_module.learner.load_state_dict(self._state)
 
@@ -332,7 +339,7 @@ class ValidationSelector(EpochSelector):
     def __init__(self) -> None:
         super().__init__(split="val")
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PromptLearningModule) -> None:  # type: ignore[override]
         # Lightning validates before the train-epoch-end hooks: last_val is this epoch's when it was validated.
         val = pl_module.last_val
         if val.get("epoch") == trainer.current_epoch + 1:

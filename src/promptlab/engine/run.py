@@ -54,7 +54,7 @@ class Resume:
     """In-run checkpoints: whether they are written, and the one this run continues from."""
 
     checkpoints: bool = False
-    path: str | None = None
+    path: Path | None = None
     note: str | None = None
 
 

@@ -115,6 +115,10 @@ class PromptLearner(nn.Module):
     ctx_text: str = ""
     #: The hand-written prompts the learner reads (zero-shot classifier, KgCoOp/ProGrad teacher), if any.
     text_prompts: TextPrompts | None = None
+    # Buffers of the "<context> <classname>." layout, registered by `keep_prompt_tokens`.
+    prefix: torch.Tensor
+    suffix: torch.Tensor
+    eot_index: torch.Tensor
 
     @property
     def static_text(self) -> bool:
@@ -136,7 +140,8 @@ class PromptLearner(nn.Module):
         """The learner of a run: `options` are its config's learner node (without `_target_`), plus the
         `context_args` fields of the run's context."""
         extra = {name: getattr(context, name) for name in cls.context_args}
-        return cls(context.clip, **options, **extra)
+        construct: Callable[..., PromptLearner] = cls  # a subclass's constructor: it takes the frozen CLIP first
+        return construct(context.clip, **options, **extra)
 
     @classmethod
     def config_problems(cls, learner: Any, count_tokens: Callable[[str], int] | None = None) -> list[str]:
@@ -239,7 +244,6 @@ class PromptTokens:
     With `truncate=True` the sequences stop after the longest EOT (causal text transformer, exact).
     """
 
-    tokens: torch.Tensor
     prefix: torch.Tensor
     suffix: torch.Tensor
     eot_index: torch.Tensor
@@ -255,7 +259,6 @@ def tokenize_prompts(clip: FrozenCLIP, ctx_text: str, n_ctx: int, classnames: li
     eot_index = clip.eot_index(tokens)
     length = int(eot_index.max()) + 1 if clip.truncate_text else tokens.shape[1]
     return PromptTokens(
-        tokens=tokens,
         prefix=embeddings[:, :1],
         suffix=embeddings[:, 1 + n_ctx : length],
         eot_index=eot_index,

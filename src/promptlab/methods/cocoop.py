@@ -75,8 +75,9 @@ class CoCoOpPrompts(PromptLearner):
         if init_seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(init_seed)
-                for layer in (self.meta_net.linear1, self.meta_net.linear2):
-                    layer.reset_parameters()
+                for layer in self.meta_net.modules():  # linear1, then linear2
+                    if isinstance(layer, nn.Linear):
+                        layer.reset_parameters()
         self.class_chunk = class_chunk
         self.checkpoint_chunks = checkpoint_chunks
 

@@ -140,6 +140,8 @@ def context_problems(learner: Any, count_tokens: Callable[[str], int] | None, ke
 
 @register_method(CoOpMethodConf)
 class CoOpPrompts(PromptLearner):
+    n_ctx: int  # always set by the constructor
+    layout: torch.Tensor | None  # buffer: the class-token permutation, None at the end position
     """Static learnable context (unified or class-specific)."""
 
     context_args = ("num_classes", "init_seed")

@@ -74,6 +74,7 @@ class DeepPromptLearner(PromptLearner):
 
     encodes_images: bool = True
     context_args = ("init_seed",)
+    ctx: torch.Tensor  # the block-0 text context, set by subclasses with a text side
 
     @classmethod
     def config_problems(cls, learner: Any, count_tokens: Callable[[str], int] | None = None) -> list[str]:

@@ -48,6 +48,8 @@ class KgCoOpMethodConf(MethodConf):
 
 @register_method(KgCoOpMethodConf)
 class KgCoOpPrompts(CoOpPrompts):
+    text_prompts: TextPrompts  # always set by the constructor
+    zeroshot_features: torch.Tensor  # buffer: the frozen targets of the current class list
     def __init__(
         self,
         clip: FrozenCLIP,

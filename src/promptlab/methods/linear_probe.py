@@ -90,6 +90,8 @@ class LinearProbe(PromptLearner):
     unseen_classes_reason = (
         "a linear probe has one weight vector per class it was fitted on and cannot score other classes"
     )
+    weight: torch.Tensor  # buffers, zero-sized until fitted
+    bias: torch.Tensor
 
     def __init__(
         self,

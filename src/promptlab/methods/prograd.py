@@ -143,6 +143,8 @@ class ProGradMethodConf(MethodConf):
 
 @register_method(ProGradMethodConf)
 class ProGradPrompts(CoOpPrompts):
+    text_prompts: TextPrompts  # always set by the constructor
+    zeroshot_features: torch.Tensor  # buffer: the teacher of the current class list
     """CoOp context trained with ProGrad's projected gradient (see the module docstring)."""
 
     def __init__(

@@ -72,6 +72,13 @@ def self_regulating_losses(
     }
 
 
+def _learner(pl_module: L.LightningModule) -> torch.nn.Module:
+    """The prompt learner the Lightning module trains (its `learner`)."""
+    learner = pl_module.learner
+    assert isinstance(learner, torch.nn.Module)
+    return learner
+
+
 class GaussianPromptAggregation(L.Callback):
     """GPA over the learner's trainable tensors: sum_e w_e * theta_e, loaded when the last epoch has ended.
 
@@ -87,6 +94,7 @@ class GaussianPromptAggregation(L.Callback):
         self._restored = False  # a resumed run (in-run checkpoint) continues the sums it saved
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert trainer.max_epochs is not None, "Gaussian prompt aggregation weighs a fixed number of epochs"
         self.weights = gpa_weights(self.mean, self.std, int(trainer.max_epochs))
         if not self._restored:
             self.sums, self.epochs_added = {}, 0
@@ -95,7 +103,7 @@ class GaussianPromptAggregation(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.weights is not None
         weight = float(self.weights[trainer.current_epoch])
-        for name, param in pl_module.learner.named_parameters():
+        for name, param in _learner(pl_module).named_parameters():
             if param.requires_grad:
                 term = param.detach().double() * weight  # float64 sums: 20 terms, no rounding worth a thought
                 self.sums[name] = term if name not in self.sums else self.sums[name] + term
@@ -106,7 +114,7 @@ class GaussianPromptAggregation(L.Callback):
         if self.weights is None or self.epochs_added != len(self.weights):
             return
         with torch.no_grad():
-            for name, param in pl_module.learner.named_parameters():
+            for name, param in _learner(pl_module).named_parameters():
                 if name in self.sums:
                     param.copy_(self.sums[name].to(param.dtype))
 
@@ -150,6 +158,7 @@ class PromptSRCMethodConf(MethodConf):
 
 @register_method(PromptSRCMethodConf)
 class PromptSRCPrompts(IVLPPrompts):
+    teacher_text: torch.Tensor  # buffer: the frozen text tower's class embeddings (the teacher)
     def __init__(
         self,
         clip: FrozenCLIP,

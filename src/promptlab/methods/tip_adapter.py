@@ -95,6 +95,12 @@ class TipAdapter(PromptLearner):
     trainable = False
     direct_logits = True
     fits_features = True
+    # Buffers: [alpha, beta]; the cache (keys, labels, one-hot values over the class list); the zero-shot classifier.
+    alpha_beta: torch.Tensor
+    cache_keys: torch.Tensor
+    cache_labels: torch.Tensor
+    cache_values: torch.Tensor
+    text_features: torch.Tensor
 
     def __init__(
         self,

@@ -49,6 +49,7 @@ class VPTMethodConf(MethodConf):
 
 @register_method(VPTMethodConf)
 class VPTPrompts(DeepPromptLearner):
+    text_features: torch.Tensor  # buffer: the fixed prompts' classifier of the current class list
     def __init__(
         self,
         clip: FrozenCLIP,

@@ -49,6 +49,8 @@ class ZeroShotMethodConf(MethodConf):
 @register_method(ZeroShotMethodConf)
 class ZeroShotPrompts(PromptLearner):
     trainable = False
+    text_prompts: TextPrompts  # always set by the constructor
+    text_features: torch.Tensor  # buffer: the classifier of the current class list
 
     def __init__(
         self,

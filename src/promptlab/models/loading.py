@@ -17,6 +17,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -232,6 +233,64 @@ def _set_preprocess_from_tags(model: torch.nn.Module, name: str) -> None:
         open_clip.set_model_preprocess_cfg(model, {**open_clip.get_model_preprocess_cfg(model), **agreed})
 
 
+def _load_checkpoint_file(
+    name: str | None, checkpoint: str, quick_gelu: bool, cache_dir: str | None,
+) -> tuple[torch.nn.Module, Any, str]:
+    """model.checkpoint: an OpenAI-format file (architecture read from it), or an open_clip-format one for the
+    architecture `name`. Returns (model, tokenizer, checkpoint id)."""
+    path = resolve_checkpoint(checkpoint)
+    state = _read_checkpoint(path)
+    if state is not None:
+        _require_clip(state, path)
+    if state is None or _is_openai_format(state):
+        if not quick_gelu:
+            raise ClipLoadError("OpenAI-format checkpoints are rebuilt with QuickGELU; set model.quick_gelu=true.")
+        model = _load_openai_format(path, state)
+        if name and name in open_clip.list_models():  # the config names an architecture: it must match
+            _check_architecture(model.state_dict(), _meta_model(name), name, path)
+        tokenizer = open_clip.get_tokenizer("ViT-B-32")  # OpenAI BPE tokenizer, context 77
+        return model, tokenizer, f"sha256:{file_sha256(path)}"
+    if not name or name not in open_clip.list_models():
+        raise ClipLoadError(
+            f"{path} is not an OpenAI-format checkpoint, so its architecture cannot be inferred: "
+            "set model.name=<open_clip model name> and pass the file as model.pretrained=<path>."
+        )
+    refuse_early(name)
+    model = _from_local_file(name, path, quick_gelu, cache_dir)
+    return model, open_clip.get_tokenizer(name), f"{name}:sha256:{file_sha256(path)}"
+
+
+def _model_by_name(
+    name: str, pretrained: str | None, quick_gelu: bool, cache_dir: str | None,
+) -> tuple[torch.nn.Module, str]:
+    """model.name with model.pretrained a local file, an open_clip tag, or nothing (random weights). Returns
+    (model, checkpoint id)."""
+    _known_name(name)
+    refuse_early(name)  # an unsupported text tower is refused before any download
+    local = Path(os.path.expanduser(pretrained)) if pretrained else None
+    if local is not None and local.is_file():
+        return _from_local_file(name, local, quick_gelu, cache_dir), f"{name}:sha256:{file_sha256(local)}"
+    if not pretrained:
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+        return model, f"{name}:random"
+    if not open_clip.get_pretrained_cfg(name, pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ClipLoadError(
+            f"model.pretrained={pretrained!r} is neither a file nor a known tag for {name} "
+            f"(known tags: {', '.join(tags) or 'none'})."
+        )
+    if _hub_offline() and not _tag_is_cached(name, pretrained, cache_dir):
+        # The user's own switch, read now (huggingface_hub reads it once, at import): fail fast.
+        raise ClipLoadError(_offline_message(name, pretrained) + " HF_HUB_OFFLINE is set.")
+    try:
+        # The hub is simply tried (a socket probe says "offline" behind proxies where downloads work);
+        # its own errors, and open_clip's, are turned into what to pass instead.
+        model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+    except Exception as err:
+        raise ClipLoadError(_offline_message(name, pretrained, err)) from err
+    return model, f"{name}:{pretrained}"
+
+
 def load_clip(
     name: str | None = None,
     pretrained: str | None = None,
@@ -247,60 +306,11 @@ def load_clip(
     if weights_dtype not in WEIGHT_DTYPES:
         raise ClipLoadError(f"model.weights_dtype={weights_dtype!r}; expected one of {sorted(WEIGHT_DTYPES)}.")
     if checkpoint:
-        path = resolve_checkpoint(checkpoint)
-        state = _read_checkpoint(path)
-        if state is not None:
-            _require_clip(state, path)
-        if state is None or _is_openai_format(state):
-            if not quick_gelu:
-                raise ClipLoadError("OpenAI-format checkpoints are rebuilt with QuickGELU; set model.quick_gelu=true.")
-            model = _load_openai_format(path, state)
-            if name and name in open_clip.list_models():  # the config names an architecture: it must match
-                _check_architecture(model.state_dict(), _meta_model(name), name, path)
-            tokenizer = open_clip.get_tokenizer("ViT-B-32")  # OpenAI BPE tokenizer, context 77
-            checkpoint_id = f"sha256:{file_sha256(path)}"
-        else:
-            if not name or name not in open_clip.list_models():
-                raise ClipLoadError(
-                    f"{path} is not an OpenAI-format checkpoint, so its architecture cannot be inferred: "
-                    "set model.name=<open_clip model name> and pass the file as model.pretrained=<path>."
-                )
-            refuse_early(name)
-            model = _from_local_file(name, path, quick_gelu, cache_dir)
-            tokenizer = open_clip.get_tokenizer(name)
-            checkpoint_id = f"{name}:sha256:{file_sha256(path)}"
+        model, tokenizer, checkpoint_id = _load_checkpoint_file(name, checkpoint, quick_gelu, cache_dir)
+    elif not name:
+        raise ClipLoadError("Set model.name (an open_clip model name such as ViT-B-16) or model.checkpoint.")
     else:
-        if not name:
-            raise ClipLoadError("Set model.name (an open_clip model name such as ViT-B-16) or model.checkpoint.")
-        _known_name(name)
-        refuse_early(name)  # an unsupported text tower is refused before any download
-        checkpoint_id = f"{name}:random"
-        local = Path(os.path.expanduser(pretrained)) if pretrained else None
-        if local is not None and local.is_file():
-            model = _from_local_file(name, local, quick_gelu, cache_dir)
-            checkpoint_id = f"{name}:sha256:{file_sha256(local)}"
-        else:
-            if pretrained and not open_clip.get_pretrained_cfg(name, pretrained):
-                tags = open_clip.list_pretrained_tags_by_model(name)
-                raise ClipLoadError(
-                    f"model.pretrained={pretrained!r} is neither a file nor a known tag for {name} "
-                    f"(known tags: {', '.join(tags) or 'none'})."
-                )
-            if pretrained and _hub_offline() and not _tag_is_cached(name, pretrained, cache_dir):
-                # The user's own switch, read now (huggingface_hub reads it once, at import): fail fast.
-                raise ClipLoadError(_offline_message(name, pretrained) + " HF_HUB_OFFLINE is set.")
-            try:
-                # The hub is simply tried (a socket probe says "offline" behind proxies where downloads work);
-                # its own errors, and open_clip's, are turned into what to pass instead.
-                model = open_clip.create_model(
-                    name, pretrained=pretrained or None, force_quick_gelu=quick_gelu, cache_dir=cache_dir
-                )
-            except Exception as err:
-                if not pretrained:
-                    raise
-                raise ClipLoadError(_offline_message(name, pretrained, err)) from err
-            if pretrained:
-                checkpoint_id = f"{name}:{pretrained}"
+        model, checkpoint_id = _model_by_name(name, pretrained, quick_gelu, cache_dir)
         tokenizer = open_clip.get_tokenizer(name)
     model = model.to(device=device)
     if weights_dtype != "fp32":

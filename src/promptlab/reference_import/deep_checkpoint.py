@@ -66,71 +66,97 @@ def _block_tokens(state: Mapping[str, torch.Tensor], pattern: re.Pattern, first:
     return [k for _, k in found]
 
 
-def deep_learner_state(
-    state: Mapping[str, torch.Tensor], method: str,
-) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """(promptlab's learner tensors, float32; the keys left out with the reason; the learner-shape overrides)."""
-    if method not in DEEP_METHODS:
-        raise ConfigError(f"--method {method!r}: the deep-prompt methods are {DEEP_METHODS}.")
-    kept: dict[str, torch.Tensor] = {}
-    shape = [f"method={method}"]
-    used: set[str] = set()
+class _Taken:
+    """What the mapping has taken from a checkpoint so far: promptlab's tensors, the checkpoint keys they came
+    from, and the learner-shape overrides they imply."""
 
-    def take(src: str, dst: str) -> torch.Tensor:
-        used.add(src)
-        kept[dst] = state[src].detach().float()  # PREC=fp16 stores some of them as fp16
-        return kept[dst]
+    def __init__(self, state: Mapping[str, torch.Tensor], method: str) -> None:
+        self.state, self.method = state, method
+        self.kept: dict[str, torch.Tensor] = {}
+        self.used: set[str] = set()
+        self.shape = [f"method={method}"]
 
-    if method != "vpt":
-        if "ctx" not in state:
-            raise ConfigError(f"a {method} checkpoint has prompt_learner.ctx; this one has none (keys: "
-                              f"{sorted(state)[:8]} ...). Pass the trainer's model.pth.tar-N, or --method.")
-        shape.append(f"method.learner.n_ctx={int(take('ctx', 'ctx').shape[0])}")
-    if method == "maple":
-        text = _block_tokens(state, _MAPLE_TEXT, 0, "compound_prompts_text")
-        for j, key in enumerate(text):
-            take(key, f"text_deep.{j}")
-            for part in ("weight", "bias"):
-                take(f"compound_prompt_projections.{j}.{part}", f"vision_deep_proj.{j}.{part}")
+    def take(self, src: str, dst: str) -> torch.Tensor:
+        self.used.add(src)
+        self.kept[dst] = self.state[src].detach().float()  # PREC=fp16 stores some of them as fp16
+        return self.kept[dst]
+
+
+def _take_maple_tokens(taken: _Taken) -> None:
+    """MaPLe: text tokens per block with the projections that make their image tokens."""
+    state = taken.state
+    text = _block_tokens(state, _MAPLE_TEXT, 0, "compound_prompts_text")
+    for j, key in enumerate(text):
+        taken.take(key, f"text_deep.{j}")
         for part in ("weight", "bias"):
-            take(f"proj.{part}", f"vision_proj.{part}")
-        shape.append(f"method.learner.depth={1 + len(text)}")
-        extra = [k for k in state if _MAPLE_PROJ.match(k) and k not in used]
-        if extra:
-            raise ConfigError(f"compound_prompt_projections without text tokens of the same depth: {extra}.")
-    else:
-        if method != "vpt":
-            text = _block_tokens(state, _TEXT_DEEP, 1, "text-encoder VPT_shallow tokens")
-            for j, key in enumerate(text):
-                take(key, f"text_deep.{j}")
-            shape.append(f"method.learner.text_depth={1 + len(text)}")
-        image = _block_tokens(state, _IMAGE_DEEP, 1, "image-encoder VPT_shallow tokens")
-        if method == "ivlp_language":
-            if _IMAGE_CTX in state or image:
-                raise ConfigError("the checkpoint has image-tower tokens (image_encoder.VPT): pass --method ivlp.")
-        else:
-            if _IMAGE_CTX not in state:
-                raise ConfigError(f"a {method} checkpoint has image_encoder.VPT (the block-0 image tokens); this "
-                                  "one has none: pass --method ivlp_language for a text-only checkpoint.")
-            shape.append(f"method.learner.n_ctx_vision={int(take(_IMAGE_CTX, 'vision_ctx').shape[0])}")
-            for j, key in enumerate(image):
-                take(key, f"vision_deep.{j}")
-            shape.append(f"method.learner.vision_depth={1 + len(image)}")
+            taken.take(f"compound_prompt_projections.{j}.{part}", f"vision_deep_proj.{j}.{part}")
+    for part in ("weight", "bias"):
+        taken.take(f"proj.{part}", f"vision_proj.{part}")
+    taken.shape.append(f"method.learner.depth={1 + len(text)}")
+    extra = [k for k in state if _MAPLE_PROJ.match(k) and k not in taken.used]
+    if extra:
+        raise ConfigError(f"compound_prompt_projections without text tokens of the same depth: {extra}.")
+
+
+def _take_encoder_tokens(taken: _Taken) -> None:
+    """IVLP, deep language prompts, PromptSRC, VPT: the tokens that live inside the text and image encoders."""
+    state, method = taken.state, taken.method
+    if method != "vpt":
+        text = _block_tokens(state, _TEXT_DEEP, 1, "text-encoder VPT_shallow tokens")
+        for j, key in enumerate(text):
+            taken.take(key, f"text_deep.{j}")
+        taken.shape.append(f"method.learner.text_depth={1 + len(text)}")
+    image = _block_tokens(state, _IMAGE_DEEP, 1, "image-encoder VPT_shallow tokens")
+    if method == "ivlp_language":
+        if _IMAGE_CTX in state or image:
+            raise ConfigError("the checkpoint has image-tower tokens (image_encoder.VPT): pass --method ivlp.")
+        return
+    if _IMAGE_CTX not in state:
+        raise ConfigError(f"a {method} checkpoint has image_encoder.VPT (the block-0 image tokens); this "
+                          "one has none: pass --method ivlp_language for a text-only checkpoint.")
+    taken.shape.append(f"method.learner.n_ctx_vision={int(taken.take(_IMAGE_CTX, 'vision_ctx').shape[0])}")
+    for j, key in enumerate(image):
+        taken.take(key, f"vision_deep.{j}")
+    taken.shape.append(f"method.learner.vision_depth={1 + len(image)}")
+
+
+def _left_out(taken: _Taken) -> list[str]:
+    """The keys not taken, with the reason; a key the mapping does not know is kept for the strict load."""
     dropped, frozen = [], 0
-    for key, value in state.items():
-        if key in used:
+    for key, value in taken.state.items():
+        if key in taken.used:
             continue
         if key in _FIXED:
             dropped.append(f"{key} (fixed token embeddings, rebuilt from the class names as the reference does)")
         elif key == "logit_scale" or key.startswith(tuple(_FROZEN_PREFIXES)):
             frozen += 1
         else:
-            kept[key] = value.detach().float()  # unknown to the mapping: the learner's strict load names it
+            taken.kept[key] = value.detach().float()  # unknown to the mapping: the learner's strict load names it
     if frozen:
         dropped.append(f"{frozen} frozen CLIP tensors (text_encoder.*, image_encoder.*, logit_scale"
-                       f"{', ZS_image_encoder.*' if method == 'promptsrc' else ''}): the backbone comes from the "
-                       "model config, compared with them")
-    return kept, dropped, shape
+                       f"{', ZS_image_encoder.*' if taken.method == 'promptsrc' else ''}): the backbone comes from "
+                       "the model config, compared with them")
+    return dropped
+
+
+def deep_learner_state(
+    state: Mapping[str, torch.Tensor], method: str,
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """(promptlab's learner tensors, float32; the keys left out with the reason; the learner-shape overrides)."""
+    if method not in DEEP_METHODS:
+        raise ConfigError(f"--method {method!r}: the deep-prompt methods are {DEEP_METHODS}.")
+    taken = _Taken(state, method)
+    if method != "vpt":
+        if "ctx" not in state:
+            raise ConfigError(f"a {method} checkpoint has prompt_learner.ctx; this one has none (keys: "
+                              f"{sorted(state)[:8]} ...). Pass the trainer's model.pth.tar-N, or --method.")
+        taken.shape.append(f"method.learner.n_ctx={int(taken.take('ctx', 'ctx').shape[0])}")
+    if method == "maple":
+        _take_maple_tokens(taken)
+    else:
+        _take_encoder_tokens(taken)
+    dropped = _left_out(taken)
+    return taken.kept, dropped, taken.shape
 
 
 def check_deep_backbone(state: Mapping[str, torch.Tensor], clip: Any, model_name: str, path: Any) -> str:
