@@ -19,7 +19,7 @@ import torch
 
 import promptlab.train as train
 from promptlab.engine.checkpointing import CHECKPOINT_NAME, rng_states, set_rng_states
-from tests.runs import compose_cfg, tiny_overrides
+from tests.runs import compose_cfg, run_cli, tiny_overrides
 
 # K=2 cached augmented views: each step draws a view from the global torch RNG, so the test covers the
 # generators (global and the loader's) as well as the optimiser, scheduler and loop state.
@@ -115,21 +115,19 @@ def test_checkpoint_settings_are_checked_before_anything_runs(tmp_path) -> None:
 
 # --------------------------------------------------------------------------- a real kill
 def _cli(tmp_path: Path, run_dir: Path, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "promptlab.train", *tiny_overrides(tmp_path), *COOP,
-            f"method.optim.epochs={epochs}", f"hydra.run.dir={run_dir}"]
+    return [*tiny_overrides(tmp_path), *COOP, f"method.optim.epochs={epochs}", f"hydra.run.dir={run_dir}"]
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_ends_identical(tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    epochs = 400
+    epochs = 150  # long enough that the kill lands mid-run (after epoch 20) on a fast machine
     whole_dir, killed_dir = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(_cli(tmp_path, whole_dir, epochs), cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = run_cli(_cli(tmp_path, whole_dir, epochs), cwd=tmp_path)  # the uninterrupted run, in this process
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen(_cli(tmp_path, killed_dir, epochs), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "promptlab.train", *_cli(tmp_path, killed_dir, epochs)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, saved_epoch = time.monotonic() + 300, -1
     while time.monotonic() < deadline and saved_epoch < 20:
         assert proc.poll() is None, "the job ended before it could be killed: raise `epochs`"
@@ -142,8 +140,7 @@ def test_sigkill_mid_run_then_rerun_ends_identical(tmp_path) -> None:
     killed_at = int(torch.load(killed_dir / CHECKPOINT_NAME, weights_only=True)["epoch"]) + 1
     assert 20 <= killed_at < epochs
 
-    again = subprocess.run(_cli(tmp_path, killed_dir, epochs), cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)
+    again = run_cli(_cli(tmp_path, killed_dir, epochs), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     record = json.loads((killed_dir / "metrics.json").read_text())
     assert record["status"] == "complete"

@@ -1,4 +1,6 @@
-"""DDP on 2 CPU processes (gloo): every test image counted exactly once, training does not hang."""
+"""DDP on 2 CPU processes (gloo): every test image counted exactly once, training does not hang.
+The DDP runs start a fresh interpreter (Lightning's launcher re-runs the command line for rank 1); the
+single-process runs beside them run in this process."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from promptlab.engine.datamodule import ShardSampler
-from tests.runs import TINY_WORLD, random_checkpoint, run_cli_subprocess, workspace_overrides
+from tests.runs import TINY_WORLD, random_checkpoint, run_cli, run_cli_subprocess, workspace_overrides
 
 
 @pytest.mark.parametrize("length,world", [(7, 2), (90, 2), (5, 3), (1, 2)])
@@ -42,16 +44,16 @@ def test_ddp_evaluation_equals_single_process_and_training_finishes(tmp_path):
     common = [*workspace_overrides(tmp_path), f"model.checkpoint={ckpt}", *TINY_WORLD, "shots=2",
               "loader.on_error=skip"]
     # Generate the world, then break one base test image: 107 base images, an odd count for 2 ranks.
-    warm = run_cli_subprocess([*common, f"hydra.run.dir={tmp_path / 'warm'}", "eval_cache=false"], cwd=tmp_path)
+    warm = run_cli([*common, f"hydra.run.dir={tmp_path / 'warm'}", "eval_cache=false"], cwd=tmp_path)
     assert warm.returncode == 0, warm.stderr[-3000:]
     _corrupt_one_test_image(tmp_path / "data")
 
     single = tmp_path / "single"
-    proc = run_cli_subprocess([*common, f"hydra.run.dir={single}", "eval_cache=false"], cwd=tmp_path)
+    proc = run_cli([*common, f"hydra.run.dir={single}", "eval_cache=false"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = tmp_path / "ddp"
     proc = run_cli_subprocess([*common, f"hydra.run.dir={ddp}", "eval_cache=false", "trainer=ddp",
-                                          "trainer.accelerator=cpu"], cwd=tmp_path, timeout=300)
+                               "trainer.accelerator=cpu"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single_evals, ddp_evals = _evals(single), _evals(ddp)
     assert single_evals[0]["n_images"] == 18 * 6 - 1
@@ -63,7 +65,7 @@ def test_ddp_evaluation_equals_single_process_and_training_finishes(tmp_path):
                                "trainer.accelerator=cpu"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reeval = tmp_path / "coop_single"
-    proc = run_cli_subprocess([*common, f"hydra.run.dir={reeval}", "method=coop", "method.optim.epochs=0",
-                               f"load_prompt={coop / 'prompt_learner.pt'}"], cwd=tmp_path)
+    proc = run_cli([*common, f"hydra.run.dir={reeval}", "method=coop", "method.optim.epochs=0",
+                    f"load_prompt={coop / 'prompt_learner.pt'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _evals(reeval) == _evals(coop)
