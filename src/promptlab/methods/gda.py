@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from promptlab.config.method import II, PROMPT_TEMPLATES, Augment, MethodConf, MethodLoaderConf, OptimConf
 from promptlab.errors import ConfigError
 from promptlab.methods.base import FitFeatures, PromptLearner
+from promptlab.methods.prompts import TextPrompts
 from promptlab.methods.registry import register_method
-from promptlab.methods.zeroshot import template_embeddings
 from promptlab.models.frozen import FrozenCLIP
 
 #: The reference's alpha grid (both scripts).
@@ -159,7 +159,8 @@ class GDA(PromptLearner):
         super().__init__()
         if precision not in PRECISIONS:
             raise ConfigError(f"method.learner.precision={precision!r}: one of {', '.join(PRECISIONS)}.")
-        self.templates = list(templates)
+        self.text_prompts = TextPrompts(list(templates))
+        self.templates = self.text_prompts.templates
         self.precision_estimate = precision
         self.search = search
         self.alphas = [float(a) for a in alphas]
@@ -215,7 +216,7 @@ class GDA(PromptLearner):
     # ----------------------------------------------------------------- class lists
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
         self.classnames = list(classnames)
-        text = template_embeddings(clip, self.templates, classnames).to(self.means.device)
+        text = self.text_prompts.class_embeddings(clip, classnames).float().to(self.means.device)
         self.register_buffer("text_features", text, persistent=False)
         self._build_classifier()
 
@@ -310,6 +311,7 @@ class GDA(PromptLearner):
 
     def notes(self) -> list[str]:
         how = (f"chosen on the few-shot val split from {self.alphas}" if self.search else "fixed (search=false)")
-        return [f"GDA: alpha={self.alpha:.6g} {how}; precision={self.precision_estimate}; classes without training "
+        return [*super().notes(),
+                f"GDA: alpha={self.alpha:.6g} {how}; precision={self.precision_estimate}; classes without training "
                 f"features are scored by the synthesised classifier (k={self.novel_k} nearest training features, "
                 f"{self.novel_text_copies} text copies)"]
