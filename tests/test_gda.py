@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from promptlab.config import compose
+from promptlab.errors import ConfigError
 from promptlab.methods import FitFeatures
 from promptlab.methods.gda import (
     GDA,
@@ -184,6 +186,13 @@ def test_a_saved_fit_reloads_into_a_fresh_learner(random_clip) -> None:
     fresh.load_state_dict(gda.state_dict())
     test = F.normalize(torch.randn(4, random_clip.embed_dim), dim=-1)
     assert fresh.alpha == gda.alpha and torch.equal(fresh.logits(random_clip, test), gda.logits(random_clip, test))
+
+
+@pytest.mark.parametrize(("override", "key"), [("method.learner.precision=lw", "precision"),
+                                             ("method.learner.novel_k=1", "novel_k")])
+def test_bad_learner_values_are_refused_at_compose_time(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"method.learner.{key}"):
+        compose(["method=gda", override])
 
 
 def test_gda_runs_base_to_novel_on_the_toy_world_and_writes_a_record(tmp_path) -> None:
