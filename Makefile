@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.promptlab-installed
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist): one per core, at most 4 (each holds its own torch and toy world).
+# Test processes (pytest-xdist): one per core, at most 4 (each holds its own torch and toy world); 0: none.
 TEST_WORKERS ?= auto
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --maxprocesses 4
 # Threads per process: the demo and tests start several processes on small machines.
