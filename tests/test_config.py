@@ -30,7 +30,10 @@ GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.star
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    files = {p.stem for p in (CONF / group).glob("*.yaml")}
+    if group == "method":  # registered methods without a preset YAML are options too
+        files |= set(schema.method_schemas())
+    return sorted(files)
 
 
 PICKED_GROUPS = ("method_dataset", "method_experiment")

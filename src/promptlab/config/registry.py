@@ -1,7 +1,8 @@
 """Registering the schemas with Hydra's ConfigStore, the resolvers the YAML files use, and `compose`.
 
-The YAML files of a group extend their schema: `conf/method/coop.yaml` starts with
-`- /schema/method@_here_: coop`, the logger files with `- /schema/logger@<name>: <name>`; the root
+The YAML files of a group extend their schema: a method preset (`conf/method/tip_adapter_f.yaml`) starts
+with `- /schema/method@method: <name>`, and a registered method without a preset is stored in the `method`
+group as its dataclass; the logger files start with `- /schema/logger@<name>: <name>`; the root
 `train.yaml` starts with `train_schema`, whose typed fields check model, dataset, protocol, trainer,
 paths and loader. The optimiser is a group of schemas only (`optimizer=sgd|adamw`), placed at
 method.optim.optimizer.

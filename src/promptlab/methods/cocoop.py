@@ -6,6 +6,11 @@ The reference (trainers/cocoop.py) loops over the images of a batch in Python an
 size 1. Here all B x C prompts of a batch go through the text encoder as one batched call, in chunks of
 `class_chunk` classes to bound memory (optionally recomputed in backward with activation checkpointing).
 `reference_forward` keeps the per-image loop for equivalence tests and the benchmark.
+
+Defaults (CoCoOpMethodConf, the reference's): 4 context vectors from "a photo of a", SGD lr 0.002, 10 epochs,
+batch 1. As the batch size is free here, the lr is scaled with it against the reference batch of 1:
+optim.lr * f(loader.batch_size / optim.reference_batch_size), f = optim.lr_scaling (sqrt by default);
+loader.batch_size=1 reproduces the reference schedule exactly.
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ The prompt of class c is [SOS, v1..vM, CLASS, ".", EOT]: the context is the same
 (static), unified across classes or class-specific (CSC), with the class token at the end, middle
 or front. Faithful to the reference (CoOp repo, trainers/coop.py): prompt text "X X .. X name.",
 prefix/suffix token-embedding buffers, EOT pooling; init from words or N(0, 0.02).
+
+Defaults (CoOpMethodConf, the reference's; docs/reference.md, "CoOp"): 16 random context vectors, unified,
+class token at the end, SGD lr 0.002 momentum 0.9 wd 5e-4, batch 32, cosine over epochs after one constant
+warm-up epoch at 1e-5, epochs by shots (dataset.epochs_by_shots). With an init phrase
+(learner.ctx_init="a photo of a") the context has one vector per phrase token and learner.n_ctx must equal
+that count (refused at compose time otherwise). csc=true with an init phrase: the reference silently falls
+back to one shared context; promptlab copies the init words into every class's context instead.
 """
 
 from __future__ import annotations
@@ -171,7 +178,7 @@ class CoOpPrompts(PromptLearner):
                 raise ValueError("Class-specific context (csc=true) needs the number of training classes.")
             if ctx_init:
                 # The reference silently falls back to a unified context when ctx_init is set; we give
-                # every class its own copy of the init words instead (documented in promptlab/conf/method/coop.yaml).
+                # every class its own copy of the init words instead (documented in this module's docstring).
                 vectors = vectors.unsqueeze(0).repeat(num_classes, 1, 1)
             else:
                 vectors = torch.empty(num_classes, self.n_ctx, clip.ctx_dim)

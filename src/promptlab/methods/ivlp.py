@@ -5,6 +5,14 @@ Text: a context of n_ctx tokens after SOS (from the init phrase's first tokens o
 N(0, 0.02) tokens for blocks 1..text_depth-1. Vision: n_ctx_vision N(0, 0.02) tokens appended before ln_pre
 plus fresh ones for blocks 1..vision_depth-1. No coupling between the towers. vision_depth=0 is the
 deep-language variant: no image tokens, so the module keeps the frozen-feature path (`encodes_images` False).
+
+Defaults (IVLPMethodConf, the reference's configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml): 2 text
+tokens from "a photo of a" (the first two; "of a" stays fixed: learner.keep_init_tail), 2 image tokens, depth
+12 in both towers, SGD lr 0.0035, 5 epochs, batch 4. PromptSRC's IVLP baseline is 4 + 4 tokens at depth 9, lr
+0.0025, 20 epochs (method.learner.n_ctx=4 n_ctx_vision=4 text_depth=9 vision_depth=9, method.optim.lr=0.0025
+epochs=20). `ivlp_language` (IVLPLanguageMethodConf, ..._4ctx_language_only.yaml): 4 text tokens from
+"a photo of a" at depth 12, no image tokens, SGD lr 0.0025, 5 epochs, batch 4; with loader.augment=none its
+training features are cached (the image tower is the frozen one).
 """
 
 from __future__ import annotations

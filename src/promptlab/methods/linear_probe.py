@@ -5,6 +5,10 @@ search (docs/reference.md, "Linear probe"): the grid 1e6 .. 1e-6 (first maximum 
 `search_steps` bisection steps in log10 space over [C/10, 10C], each fitting both ends and keeping the
 better one (a tie keeps the left, smaller C). The classifier of the last kept end is the result. Only
 train and val features are ever given to `fit_features`; the test set is scored afterwards.
+
+Defaults (LinearProbeMethodConf): scikit-learn lbfgs, max_iter 1000, on L2-normalised features;
+learner.normalize=false uses the raw features, as the reference. It cannot score classes it was not fitted
+on: base-to-novel records novel as not applicable, with that reason.
 """
 
 from __future__ import annotations

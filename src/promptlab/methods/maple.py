@@ -8,6 +8,11 @@ The free parameters live on the text side; the image tokens are functions of the
 The reference builds the depth-1 deep projections by deep-copying ONE Linear, so they all start with the
 same weights, while `vision_proj` is initialised on its own; promptlab does the same. The reference hard-codes
 512 -> 768 (ViT-B/16); here the widths are the backbone's.
+
+Defaults (MaPLeMethodConf, the reference's configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml): 2 text
+tokens from "a photo of a" (the first two learned, "of a" fixed), depth 9, SGD lr 0.0035, 5 epochs, batch 4.
+The reference's cross-dataset / domain-generalisation setting: depth 3, lr 0.0026, 2 epochs
+(..._2ctx_cross_datasets.yaml).
 """
 
 from __future__ import annotations

@@ -20,6 +20,13 @@ torch.autograd.grad and returns a surrogate whose value is the loss and whose gr
 Mixed precision scales the surrogate like any loss. Under DDP each rank projects the gradients of its own batch
 and Lightning averages the projected gradients; the reference runs on one GPU (or DataParallel, which projects
 the whole batch's gradient), so multi-GPU ProGrad is close to, not identical with, one large batch.
+
+Defaults (ProGradMethodConf): the reference's public configs are ResNet-50 only (batch 32, SGD lr 0.002, one
+warm-up epoch at 1e-5 then cosine, 50/100/200 epochs for 1/2-4/8-16 shots; base-to-novel scripts: 4 shots,
+100 epochs); promptlab runs the rule with CoOp's ViT-B/16 schedule (same optimiser, batch and lr, epochs by
+shots). Quirks kept as options: learner.init_split=words, learner.reference_templates=true (false: the
+config's templates and ctx_init). csc=true with an init phrase copies the init into every class (the
+reference silently falls back to one shared context).
 """
 
 from __future__ import annotations

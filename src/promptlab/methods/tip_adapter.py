@@ -12,6 +12,11 @@ linear layer, trained with alpha and beta at their init values, then searches th
 Scoring another class list (novel classes, other datasets): V's columns follow the classes by name, so
 a class without keys gets no cache term and is scored by the zero-shot classifier alone; for novel
 classes Tip-Adapter is exactly zero-shot CLIP (docs/reference.md, "Tip-Adapter").
+
+Defaults (TipAdapterMethodConf): the reference's grid (learner.search_scale / search_step, [beta, alpha]),
+per-dataset scales in conf/method_dataset. The reference averages 10 augmented views per image:
+method.loader.augment=coop train_cache=on train_views=10 comes close (promptlab's crop scale is CoOp's
+0.08-1, the reference's 0.5-1). Tip-Adapter-F's preset is conf/method/tip_adapter_f.yaml (AdamW).
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 trainers/vpt.py; Jia et al., ECCV 2022): n_ctx_vision N(0, 0.02) tokens appended in the image tower before
 ln_pre and fresh ones before blocks 1..vision_depth-1; the text side is fixed, frozen CLIP's embedding of
 "a photo of a {class}." computed once per class list (the reference's FixedEmbeddings, for every dataset).
+
+Defaults (VPTMethodConf, the reference's configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml): 8 image tokens at
+depth 12, SGD lr 0.0025, 5 epochs, batch 4, one warm-up epoch at 1e-5 then cosine. Images go through the
+prompted image tower at every step (no feature cache); ViT backbones only.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Zero-shot CLIP: hand-written templates (or class descriptions) around each class name, nothing to fit
-(Radford et al. 2021). The prompt sources are in promptlab.methods.prompts."""
+(Radford et al. 2021). The prompt sources are in promptlab.methods.prompts.
+
+Defaults (ZeroShotMethodConf): the dataset's template(s); prompts.templates / prompts.descriptions choose
+others.
+"""
 
 from __future__ import annotations
 
