@@ -132,7 +132,7 @@ def test_image_tower_with_prompts_equals_the_reference_block_loop_in_values_and_
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # Checkpointed blocks recompute the same graph.
-    again = clip.encode_image_prompted(images, shallow, deep, normalize=False, checkpoint_blocks=True)
+    again = clip.encode_image_prompted(images, shallow, deep, normalize=False, recompute_blocks=True)
     grads_ckpt = torch.autograd.grad((again * weights).sum(), [shallow, *deep])
     for a, b in zip(grads_fast, grads_ckpt, strict=True):
         torch.testing.assert_close(a, b)
@@ -492,7 +492,7 @@ def test_runs_on_a_coop_layout_tree_with_an_openai_format_checkpoint(toy_workspa
     if not (data / "oxford_pets").exists():
         build_fixture("oxford_pets", data, counts={"train": 3, "val": 2, "test": 3})
     record = run(compose_cfg([*workspace_overrides(toy_workspace), f"paths.data_root={data}", "dataset=oxford_pets",
-                              "dataset.num_classes=5", f"model.checkpoint={random_checkpoint(data / 'clip.pt')}",
+                              "dataset.num_classes=5", f"model.weights_file={random_checkpoint(data / 'clip.pt')}",
                               f"method={method}", *depths, "method.optim.epochs=1", "shots=2",
                               f"run_name={method}_pets"]))
     assert record["status"] == "complete" and record["config"]["method"]["loader"]["augment"] == "coop"

@@ -128,7 +128,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, float | str | int]:
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.model == "toyclip":
-        clip = load_clip(checkpoint="builtin:toyclip", device=device)
+        clip = load_clip(weights_file="builtin:toyclip", device=device)
     else:
         clip = load_clip(name=args.model, pretrained=None, device=device)  # random weights: speed only
     clip: FrozenCLIP

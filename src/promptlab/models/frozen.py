@@ -183,12 +183,12 @@ class FrozenCLIP(nn.Module):
 
     def encode_image_prompted(
         self, images: torch.Tensor, prompts: torch.Tensor | None = None, deep: Sequence[torch.Tensor] = (),
-        normalize: bool = True, checkpoint_blocks: bool = False,
+        normalize: bool = True, recompute_blocks: bool = False,
     ) -> torch.Tensor:
         """Image embeddings [B, embed_dim] (float32) with learned tokens in the image tower (VPT, IVLP, MaPLe):
         `prompts` [n, W] appended before ln_pre, `deep` replacing them before blocks 1..len(deep)
         (adapter.encode_image_tower). Gradients flow through the frozen tower to the prompts."""
-        features = encode_image_tower(self.adapter.vision, images, prompts, deep, checkpoint_blocks).float()
+        features = encode_image_tower(self.adapter.vision, images, prompts, deep, recompute_blocks).float()
         return F.normalize(features, dim=-1) if normalize else features
 
     @property
