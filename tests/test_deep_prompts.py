@@ -274,10 +274,12 @@ def test_fp16_prompts_round_the_inserted_tokens_like_the_reference(clip):
 
 
 def test_image_prompts_refuse_a_training_feature_cache(clip):
+    from promptlab.config.method import Augment, MethodLoaderConf, TrainCache
     from promptlab.engine.datamodule import PromptDataModule
 
     with pytest.raises(ConfigError, match="train_cache=on"):
-        PromptDataModule(clip, [], [], train_cache="on", encodes_images=True)
+        PromptDataModule(clip, [], [], MethodLoaderConf(augment=Augment.none, train_cache=TrainCache.on),
+                         encodes_images=True)
 
 
 # --------------------------------------------------------------------------- MaPLe coupling
