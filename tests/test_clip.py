@@ -19,7 +19,7 @@ def test_toyclip_is_frozen_and_stays_in_eval_mode(toyclip):
     toyclip.train()
     assert not toyclip.training and not toyclip.model.training
     assert toyclip.image_size == 32 and toyclip.ctx_dim == 64 and toyclip.embed_dim == 64
-    assert toyclip.checkpoint_id.startswith("sha256:")
+    assert toyclip.weights_id.startswith("sha256:")
 
 
 def test_embeddings_are_unit_norm_and_logits_are_scaled_cosines(toyclip):

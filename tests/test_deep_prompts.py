@@ -103,7 +103,7 @@ def deeper_clip() -> FrozenCLIP:
         embed_dim=32, quick_gelu=True,
         vision_cfg=open_clip.model.CLIPVisionCfg(layers=4, width=64, patch_size=8, image_size=16),
         text_cfg=open_clip.model.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=1, layers=4))
-    return FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-32"), checkpoint_id="random:deeper")
+    return FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-32"), weights_id="random:deeper")
 
 
 @pytest.fixture(scope="module")
@@ -518,7 +518,7 @@ def test_reference_defaults_on_a_vit_b16_give_the_reference_parameter_counts():
     from promptlab.config.schema import IVLPLearnerConf, MaPLeLearnerConf, PromptSRCLearnerConf, VPTLearnerConf
 
     model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
-    vit = FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-16"), checkpoint_id="random:vit-b-16")
+    vit = FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-16"), weights_id="random:vit-b-16")
 
     def count(learner: torch.nn.Module) -> int:
         return sum(p.numel() for p in learner.parameters())

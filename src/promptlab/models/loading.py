@@ -238,7 +238,7 @@ def _load_weights_file(
     name: str | None, weights_file: str, quick_gelu: bool, download_dir: str | None,
 ) -> tuple[torch.nn.Module, Any, str]:
     """model.weights_file: an OpenAI-format file (architecture read from it), or an open_clip-format one for the
-    architecture `name`. Returns (model, tokenizer, checkpoint id)."""
+    architecture `name`. Returns (model, tokenizer, weights id)."""
     path = resolve_weights_file(weights_file)
     state = _read_weights(path)
     if state is not None:
@@ -265,7 +265,7 @@ def _model_by_name(
     name: str, pretrained: str | None, quick_gelu: bool, download_dir: str | None,
 ) -> tuple[torch.nn.Module, str]:
     """model.name with model.pretrained a local file, an open_clip tag, or nothing (random weights). Returns
-    (model, checkpoint id)."""
+    (model, weights id)."""
     _known_name(name)
     refuse_early(name)  # an unsupported text tower is refused before any download
     local = Path(os.path.expanduser(pretrained)) if pretrained else None
@@ -307,18 +307,18 @@ def load_clip(
     if weights_dtype not in WEIGHT_DTYPES:
         raise ClipLoadError(f"model.weights_dtype={weights_dtype!r}; expected one of {sorted(WEIGHT_DTYPES)}.")
     if weights_file:
-        model, tokenizer, checkpoint_id = _load_weights_file(name, weights_file, quick_gelu, download_dir)
+        model, tokenizer, weights_id = _load_weights_file(name, weights_file, quick_gelu, download_dir)
     elif not name:
         raise ClipLoadError("Set model.name (an open_clip model name such as ViT-B-16) or model.weights_file.")
     else:
-        model, checkpoint_id = _model_by_name(name, pretrained, quick_gelu, download_dir)
+        model, weights_id = _model_by_name(name, pretrained, quick_gelu, download_dir)
         tokenizer = open_clip.get_tokenizer(name)
     model = model.to(device=device)
     if weights_dtype != "fp32":
         # The reference's conversion (clip.model.convert_weights): layer norms, embeddings and the logit
         # scale stay float32; a plain .to(fp16) changed 1 of 900 zero-shot predictions against it.
         convert_weights_reference(model, WEIGHT_DTYPES[weights_dtype])
-    return FrozenCLIP(model, tokenizer, checkpoint_id=checkpoint_id, truncate_text=truncate_text,
+    return FrozenCLIP(model, tokenizer, weights_id=weights_id, truncate_text=truncate_text,
                       share_prefix=share_prefix, name=name or "openai-format", architecture=_architecture_id(model))
 
 
