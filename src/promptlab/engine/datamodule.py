@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from promptlab.config.method import Augment, MethodLoaderConf
@@ -81,8 +82,8 @@ class PromptDataModule(L.LightningDataModule):
         clip: FrozenCLIP,
         train_items: list[Datum],
         eval_sets: list[EvalSet],
-        method_loader: MethodLoaderConf | Any | None = None,
-        loader: LoaderConf | Any | None = None,
+        method_loader: MethodLoaderConf | DictConfig | None = None,
+        loader: LoaderConf | DictConfig | None = None,
         *,
         val_items: list[Datum] | None = None,
         seed: int = 0,
