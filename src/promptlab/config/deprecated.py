@@ -95,7 +95,7 @@ def apply_renames(cfg: DictConfig, given: Iterable[str] | None = None) -> DictCo
     return cfg
 
 
-def rename_mapping(data: MutableMapping[str, Any], root: str = "", warn: bool = False) -> MutableMapping[str, Any]:
+def rename_mapping(data: MutableMapping[Any, Any], root: str = "", warn: bool = False) -> MutableMapping[Any, Any]:
     """The same renames on plain nested mappings, in place: a saved config (`root` ""), or a node of one such as
     the model keys of a prompt file (`root` "model"). `warn`: the mapping is the user's own (log the warning)."""
     prefix = f"{root}." if root else ""
@@ -124,7 +124,7 @@ def rename_mapping(data: MutableMapping[str, Any], root: str = "", warn: bool = 
     return data
 
 
-def drop_deprecated(container: MutableMapping[str, Any], root: str = "") -> MutableMapping[str, Any]:
+def drop_deprecated(container: MutableMapping[Any, Any], root: str = "") -> MutableMapping[Any, Any]:
     """Remove the emptied (None) deprecated keys from a plain container of the node at `root`, in place."""
     prefix = f"{root}." if root else ""
     for old in RENAMED:
