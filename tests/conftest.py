@@ -24,7 +24,7 @@ def make_random_clip(seed: int = 0, truncate_text: bool = True, share_prefix: bo
         text_cfg=open_clip.model.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
         quick_gelu=True,
     )
-    return FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-32"), checkpoint_id=f"random:{seed}",
+    return FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-32"), weights_id=f"random:{seed}",
                       truncate_text=truncate_text, share_prefix=share_prefix)
 
 

@@ -53,7 +53,7 @@ def workspace_overrides(root: Path) -> list[str]:
 
 def tiny_overrides(root: Path) -> list[str]:
     """A workspace under `root`, a random tiny CLIP, the small toy world and 2 shots: plumbing tests."""
-    return [*workspace_overrides(root), f"model.checkpoint={random_checkpoint(root / 'random_clip.pt')}",
+    return [*workspace_overrides(root), f"model.weights_file={random_checkpoint(root / 'random_clip.pt')}",
             *TINY_WORLD, "shots=2"]
 
 

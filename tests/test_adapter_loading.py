@@ -11,14 +11,14 @@ from promptlab.config.registry import compose
 from promptlab.errors import ClipLoadError
 from promptlab.models import load_clip
 from promptlab.models import loading as loading_module
-from promptlab.models.loading import BUILTIN_CHECKPOINTS
+from promptlab.models.loading import BUILTIN_WEIGHTS
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 
 
 @pytest.fixture(scope="module")
 def toy_state() -> dict[str, torch.Tensor]:
-    return torch.load(BUILTIN_CHECKPOINTS["toyclip"], weights_only=True)
+    return torch.load(BUILTIN_WEIGHTS["toyclip"], weights_only=True)
 
 
 def test_random_bytes_are_not_a_checkpoint_and_unsafe_loading_is_not_suggested(tmp_path):
@@ -26,7 +26,7 @@ def test_random_bytes_are_not_a_checkpoint_and_unsafe_loading_is_not_suggested(t
     path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
                      .numpy().tobytes())
     with pytest.raises(ClipLoadError, match="cannot be read as a PyTorch checkpoint") as info:
-        load_clip(checkpoint=str(path))
+        load_clip(weights_file=str(path))
     assert "weights_only" not in str(info.value)
 
 
@@ -35,7 +35,7 @@ def test_a_state_dict_that_is_not_a_clip_is_named_as_such(tmp_path, name):
     path = tmp_path / "classifier.pt"
     torch.save({"fc.weight": torch.zeros(3, 4), "fc.bias": torch.zeros(3)}, path)
     with pytest.raises(ClipLoadError, match="not a CLIP checkpoint.*fc.bias"):
-        load_clip(name=name, checkpoint=str(path))
+        load_clip(name=name, weights_file=str(path))
 
 
 def test_a_clip_of_another_architecture_is_refused_before_loading(tmp_path, toy_state):
@@ -43,7 +43,7 @@ def test_a_clip_of_another_architecture_is_refused_before_loading(tmp_path, toy_
     path = tmp_path / "toy.pt"
     torch.save(toy_state, path)
     with pytest.raises(ClipLoadError, match="another architecture than model.name='ViT-B-16'.*shape"):
-        load_clip(name="ViT-B-16", checkpoint=str(path))
+        load_clip(name="ViT-B-16", weights_file=str(path))
     # ... and an fp16 file passed as open_clip weights of ViT-B-16 (used to fail in resize_pos_embed).
     half = tmp_path / "open_clip_pytorch_model.bin"
     torch.save({k: v.half() for k, v in toy_state.items()}, half)
@@ -75,7 +75,7 @@ def test_hub_errors_are_caught_and_say_what_to_pass(monkeypatch):
 
     monkeypatch.setattr(loading_module.open_clip, "create_model", unreachable)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(ClipLoadError, match=r"Cannot fetch pretrained weights 'openai'.*OSError.*model.checkpoint="):
+    with pytest.raises(ClipLoadError, match=r"Cannot fetch pretrained weights 'openai'.*OSError.*model.weights_file="):
         load_clip(name="ViT-B-32", pretrained="openai")
     # HF_HUB_OFFLINE is the user's switch: read at call time, the load fails fast without trying the hub.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -98,8 +98,8 @@ def _reference_converted(name: str) -> bool:
 
 
 def test_fp16_converts_exactly_the_reference_set():
-    full = load_clip(checkpoint="builtin:toyclip")
-    half = load_clip(checkpoint="builtin:toyclip", weights_dtype="fp16")
+    full = load_clip(weights_file="builtin:toyclip")
+    half = load_clip(weights_file="builtin:toyclip", weights_dtype="fp16")
     names = dict(half.model.named_parameters())
     converted = {n for n, p in names.items() if p.dtype == torch.float16}
     expected = {n for n in names if _reference_converted(n)}
@@ -116,12 +116,12 @@ def test_fp16_converts_exactly_the_reference_set():
 
 
 def test_fingerprint_and_preprocessing_come_from_the_loaded_model(tmp_path, toy_state):
-    toy = load_clip(checkpoint="builtin:toyclip")
+    toy = load_clip(weights_file="builtin:toyclip")
     assert toy.fingerprint["architecture"].startswith("CLIP:") and toy.fingerprint["weights"].startswith("sha256:")
     other = {k: v + 0.01 if v.is_floating_point() else v for k, v in toy_state.items()}
     path = tmp_path / "other.pt"
     torch.save(other, path)
-    moved = load_clip(checkpoint=str(path))
+    moved = load_clip(weights_file=str(path))
     assert moved.fingerprint["architecture"] == toy.fingerprint["architecture"]
     assert moved.fingerprint["weights"] != toy.fingerprint["weights"]
     cfg = toy.preprocess_cfg
@@ -148,12 +148,12 @@ def test_new_model_configs_compose(option, name):
 def test_a_prompt_from_another_backbone_is_refused_unless_not_strict(tmp_path, toy_state):
     from promptlab.models.frozen import BackboneMismatchError
 
-    toy = load_clip(checkpoint="builtin:toyclip")
+    toy = load_clip(weights_file="builtin:toyclip")
     saved = toy.fingerprint
     assert toy.check_fingerprint(saved, "prompt_learner.pt") == []
     path = tmp_path / "other.pt"
     torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in toy_state.items()}, path)
-    other = load_clip(checkpoint=str(path))  # same architecture and width, other weights
+    other = load_clip(weights_file=str(path))  # same architecture and width, other weights
     with pytest.raises(BackboneMismatchError, match="prompt_learner.pt was learned on another backbone.*weights"):
         other.check_fingerprint(saved, "prompt_learner.pt")
     assert other.check_fingerprint(saved, "prompt_learner.pt", strict=False)[0].startswith("weights:")

@@ -199,7 +199,7 @@ def layout_root(tmp_path_factory) -> Path:
 
 
 def _layout(root: Path, run_name: str) -> list[str]:
-    return [*workspace_overrides(root), f"model.checkpoint={random_checkpoint(root / 'clip.pt')}",
+    return [*workspace_overrides(root), f"model.weights_file={random_checkpoint(root / 'clip.pt')}",
             f"paths.data_root={root / 'data'}", "shots=2", "dataset=oxford_pets", "dataset.num_classes=5",
             f"run_name={run_name}"]
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from promptlab.models import ClipLoadError, load_clip
-from promptlab.models.loading import BUILTIN_CHECKPOINTS
+from promptlab.models.loading import BUILTIN_WEIGHTS
 
 
 @pytest.fixture(scope="module")
 def toyclip():
-    return load_clip(checkpoint="builtin:toyclip")
+    return load_clip(weights_file="builtin:toyclip")
 
 
 def test_toyclip_is_frozen_and_stays_in_eval_mode(toyclip):
@@ -19,7 +19,7 @@ def test_toyclip_is_frozen_and_stays_in_eval_mode(toyclip):
     toyclip.train()
     assert not toyclip.training and not toyclip.model.training
     assert toyclip.image_size == 32 and toyclip.ctx_dim == 64 and toyclip.embed_dim == 64
-    assert toyclip.checkpoint_id.startswith("sha256:")
+    assert toyclip.weights_id.startswith("sha256:")
 
 
 def test_embeddings_are_unit_norm_and_logits_are_scaled_cosines(toyclip):
@@ -43,18 +43,18 @@ def test_embeddings_are_unit_norm_and_logits_are_scaled_cosines(toyclip):
 
 def test_open_clip_training_checkpoint_format_loads_the_same_model(toyclip, tmp_path):
     """A checkpoint as open_clip's trainer writes it ({"state_dict": {"module.<key>": ...}})."""
-    state = torch.load(BUILTIN_CHECKPOINTS["toyclip"], weights_only=True)
+    state = torch.load(BUILTIN_WEIGHTS["toyclip"], weights_only=True)
     path = tmp_path / "epoch_32.pt"
     torch.save({"epoch": 32, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
-    other = load_clip(checkpoint=str(path))
+    other = load_clip(weights_file=str(path))
     text = ["a photo of a green ring."]
     torch.testing.assert_close(other.encode_text(text), toyclip.encode_text(text))
 
 
 def test_missing_files_and_unknown_tags_say_what_to_pass(tmp_path):
-    with pytest.raises(ClipLoadError, match="model.checkpoint=/abs/path"):
-        load_clip(checkpoint=str(tmp_path / "nope.pt"))
+    with pytest.raises(ClipLoadError, match="model.weights_file=/abs/path"):
+        load_clip(weights_file=str(tmp_path / "nope.pt"))
     with pytest.raises(ClipLoadError, match="neither a file nor a known tag.*openai"):
         load_clip(name="ViT-B-32", pretrained="not-a-tag")
-    with pytest.raises(ClipLoadError, match="Unknown builtin checkpoint"):
-        load_clip(checkpoint="builtin:bigclip")
+    with pytest.raises(ClipLoadError, match="Unknown builtin weights"):
+        load_clip(weights_file="builtin:bigclip")

@@ -106,7 +106,7 @@ def test_every_option_composes_and_instantiates(group: str, option: str, random_
     elif group == "model":
         import open_clip
 
-        if cfg.model.checkpoint != "builtin:toyclip":
+        if cfg.model.weights_file != "builtin:toyclip":
             assert cfg.model.name in open_clip.list_models()
             assert cfg.model.pretrained in open_clip.list_pretrained_tags_by_model(cfg.model.name)
     elif group == "launcher":

@@ -41,18 +41,18 @@ def _evals(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_ddp_evaluation_equals_single_process_and_training_finishes(tmp_path):
     ckpt = random_checkpoint(tmp_path / "random_clip.pt")
-    common = [*workspace_overrides(tmp_path), f"model.checkpoint={ckpt}", *TINY_WORLD, "shots=2",
+    common = [*workspace_overrides(tmp_path), f"model.weights_file={ckpt}", *TINY_WORLD, "shots=2",
               "loader.on_error=skip"]
     # Generate the world, then break one base test image: 107 base images, an odd count for 2 ranks.
-    warm = run_cli([*common, f"hydra.run.dir={tmp_path / 'warm'}", "eval_cache=false"], cwd=tmp_path)
+    warm = run_cli([*common, f"hydra.run.dir={tmp_path / 'warm'}", "test_feature_cache=false"], cwd=tmp_path)
     assert warm.returncode == 0, warm.stderr[-3000:]
     _corrupt_one_test_image(tmp_path / "data")
 
     single = tmp_path / "single"
-    proc = run_cli([*common, f"hydra.run.dir={single}", "eval_cache=false"], cwd=tmp_path)
+    proc = run_cli([*common, f"hydra.run.dir={single}", "test_feature_cache=false"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = tmp_path / "ddp"
-    proc = run_cli_subprocess([*common, f"hydra.run.dir={ddp}", "eval_cache=false", "trainer=ddp",
+    proc = run_cli_subprocess([*common, f"hydra.run.dir={ddp}", "test_feature_cache=false", "trainer=ddp",
                                "trainer.accelerator=cpu"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single_evals, ddp_evals = _evals(single), _evals(ddp)

@@ -103,7 +103,7 @@ def deeper_clip() -> FrozenCLIP:
         embed_dim=32, quick_gelu=True,
         vision_cfg=open_clip.model.CLIPVisionCfg(layers=4, width=64, patch_size=8, image_size=16),
         text_cfg=open_clip.model.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=1, layers=4))
-    return FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-32"), checkpoint_id="random:deeper")
+    return FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-32"), weights_id="random:deeper")
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_image_tower_with_prompts_equals_the_reference_block_loop_in_values_and_
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # Checkpointed blocks recompute the same graph.
-    again = clip.encode_image_prompted(images, shallow, deep, normalize=False, checkpoint_blocks=True)
+    again = clip.encode_image_prompted(images, shallow, deep, normalize=False, recompute_blocks=True)
     grads_ckpt = torch.autograd.grad((again * weights).sum(), [shallow, *deep])
     for a, b in zip(grads_fast, grads_ckpt, strict=True):
         torch.testing.assert_close(a, b)
@@ -274,10 +274,12 @@ def test_fp16_prompts_round_the_inserted_tokens_like_the_reference(clip):
 
 
 def test_image_prompts_refuse_a_training_feature_cache(clip):
+    from promptlab.config.method import Augment, MethodLoaderConf, TrainCache
     from promptlab.engine.datamodule import PromptDataModule
 
     with pytest.raises(ConfigError, match="train_cache=on"):
-        PromptDataModule(clip, [], [], train_cache="on", encodes_images=True)
+        PromptDataModule(clip, [], [], MethodLoaderConf(augment=Augment.none, train_cache=TrainCache.on),
+                         encodes_images=True)
 
 
 # --------------------------------------------------------------------------- MaPLe coupling
@@ -492,7 +494,7 @@ def test_runs_on_a_coop_layout_tree_with_an_openai_format_checkpoint(toy_workspa
     if not (data / "oxford_pets").exists():
         build_fixture("oxford_pets", data, counts={"train": 3, "val": 2, "test": 3})
     record = run(compose_cfg([*workspace_overrides(toy_workspace), f"paths.data_root={data}", "dataset=oxford_pets",
-                              "dataset.num_classes=5", f"model.checkpoint={random_checkpoint(data / 'clip.pt')}",
+                              "dataset.num_classes=5", f"model.weights_file={random_checkpoint(data / 'clip.pt')}",
                               f"method={method}", *depths, "method.optim.epochs=1", "shots=2",
                               f"run_name={method}_pets"]))
     assert record["status"] == "complete" and record["config"]["method"]["loader"]["augment"] == "coop"
@@ -516,7 +518,7 @@ def test_reference_defaults_on_a_vit_b16_give_the_reference_parameter_counts():
     from promptlab.config.schema import IVLPLearnerConf, MaPLeLearnerConf, PromptSRCLearnerConf, VPTLearnerConf
 
     model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None)
-    vit = FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-16"), checkpoint_id="random:vit-b-16")
+    vit = FrozenCLIP(model, open_clip.get_tokenizer("ViT-B-16"), weights_id="random:vit-b-16")
 
     def count(learner: torch.nn.Module) -> int:
         return sum(p.numel() for p in learner.parameters())

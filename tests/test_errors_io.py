@@ -83,7 +83,7 @@ def test_user_facing_checks_raise_user_errors(tmp_path: Path) -> None:
         tw.ensure_toyworld(tmp_path / "world", tw.ToyWorldSpec())
     (tmp_path / "garbage.pt").write_text("not a checkpoint")
     with pytest.raises(errors.ClipLoadError, match=r"garbage.pt cannot be read as a PyTorch checkpoint"):
-        load_clip(checkpoint=str(tmp_path / "garbage.pt"))
+        load_clip(weights_file=str(tmp_path / "garbage.pt"))
 
 
 # --------------------------------------------------------------------------- reporting them

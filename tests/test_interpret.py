@@ -51,7 +51,7 @@ def test_class_specific_contexts_are_read_per_class(random_clip):
 
 
 def test_cli_reads_a_prompt_file_and_checks_its_backbone(tmp_path, capsys):
-    model_cfg = compose_cfg([f"model.checkpoint={random_checkpoint(tmp_path / 'clip.pt')}"]).model
+    model_cfg = compose_cfg([f"model.weights_file={random_checkpoint(tmp_path / 'clip.pt')}"]).model
     clip = load_clip_from_config(model_cfg)
     learner = CoOpPrompts(clip, n_ctx=4, ctx_init="a photo of a")
     payload = {"backbone": dict(clip.fingerprint), "state_dict": learner.state_dict(), "model": plain(model_cfg),

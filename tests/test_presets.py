@@ -283,7 +283,7 @@ def test_base2novel_preset_runs_end_to_end_on_a_coop_layout_tree(tmp_path: Path)
     # inferred from the tensors); everything else is the preset's.
     args = ["-m", "experiment=base2novel_paper", "dataset=oxford_pets", "seed=1", "trainer=cpu", "shots=2",
             "model=toyclip", *workspace_overrides(tmp_path),
-            f"model.checkpoint={random_checkpoint(tmp_path / 'clip.pt')}",
+            f"model.weights_file={random_checkpoint(tmp_path / 'clip.pt')}",
             f"dataset.num_classes={len(expected.classnames)}"]
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,15 +7,15 @@ from omegaconf import OmegaConf
 from promptlab.engine.build import load_learner, save_learner
 from promptlab.methods.coop import CoOpPrompts
 from promptlab.models import BackboneMismatchError, load_clip
-from promptlab.models.loading import BUILTIN_CHECKPOINTS
+from promptlab.models.loading import BUILTIN_WEIGHTS
 
 
 def test_prompt_from_another_backbone_is_refused_unless_not_strict(tmp_path):
-    toy = load_clip(checkpoint="builtin:toyclip")
-    state = torch.load(BUILTIN_CHECKPOINTS["toyclip"], weights_only=True)
+    toy = load_clip(weights_file="builtin:toyclip")
+    state = torch.load(BUILTIN_WEIGHTS["toyclip"], weights_only=True)
     other_path = tmp_path / "other.pt"
     torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in state.items()}, other_path)
-    other = load_clip(checkpoint=str(other_path))
+    other = load_clip(weights_file=str(other_path))
     learner = CoOpPrompts(toy, n_ctx=4, init_seed=0)
     learner.set_classnames(toy, ["a", "b"])
     cfg = OmegaConf.create({"method": {"name": "coop"}, "model": {"name": "toyclip"}, "dataset": {"name": "toy"}})

@@ -117,7 +117,7 @@ def test_cocoop_with_zero_meta_net_equals_coop(random_clip):
 
 @pytest.mark.parametrize("chunk,ckpt", [(None, False), (3, False), (1, True)])
 def test_batched_cocoop_equals_per_image_loop(random_clip, chunk, ckpt):
-    cocoop = CoCoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a", class_chunk=chunk, checkpoint_chunks=ckpt,
+    cocoop = CoCoOpPrompts(random_clip, n_ctx=4, ctx_init="a photo of a", class_chunk=chunk, recompute_chunks=ckpt,
                            init_seed=3)
     cocoop.set_classnames(random_clip, CLASSNAMES)
     images = torch.nn.functional.normalize(torch.randn(4, random_clip.vis_dim), dim=-1)

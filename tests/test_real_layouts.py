@@ -18,7 +18,7 @@ def root(tmp_path_factory) -> Path:
 
 
 def _common(root: Path) -> list[str]:
-    return [*workspace_overrides(root), f"model.checkpoint={random_checkpoint(root / 'clip.pt')}",
+    return [*workspace_overrides(root), f"model.weights_file={random_checkpoint(root / 'clip.pt')}",
             f"paths.data_root={root / 'data'}", "method.optim.epochs=1", "shots=2"]
 
 

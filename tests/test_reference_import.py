@@ -67,7 +67,7 @@ def reference_buffers(clip, n_ctx: int, classnames: list[str]) -> dict[str, torc
 def backbone(tmp_path_factory):
     """The tiny random CLIP as a model config (overrides), its FrozenCLIP, and a context [4, 64]."""
     root = tmp_path_factory.mktemp("backbone")
-    model = [f"model.checkpoint={random_checkpoint(root / 'random_clip.pt')}"]
+    model = [f"model.weights_file={random_checkpoint(root / 'random_clip.pt')}"]
     clip = load_clip_from_config(compose_cfg(model).model)
     ctx = torch.randn(4, clip.ctx_dim, generator=torch.Generator().manual_seed(0))
     return model, clip, ctx

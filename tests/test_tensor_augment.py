@@ -14,6 +14,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from promptlab.config.method import Augment, AugmentBackend, MethodLoaderConf
 from promptlab.data.decoded_cache import DecodedImages
 from promptlab.data.image_dataset import ImageDataset
 from promptlab.data.tensor_augment import TensorAugment, sample_boxes
@@ -102,7 +103,8 @@ def test_augment_batch_shapes_flips_and_normalises():
 def test_pil_backend_is_todays_pipeline_batch_for_batch(random_clip, tmp_path):
     """augment_backend=pil: the same images, crops and flips as the per-image torchvision pipeline of before."""
     items = write_items(tmp_path, [(50 + 7 * i, 40 + 5 * i) for i in range(6)], suffix=".png")
-    dm = PromptDataModule(random_clip, items, [], batch_size=4, augment="coop", augment_backend="pil", seed=3)
+    dm = PromptDataModule(random_clip, items, [], MethodLoaderConf(batch_size=4, augment=Augment.coop,
+                                                                 augment_backend=AugmentBackend.pil), seed=3)
     dm.setup("fit")
     torch.manual_seed(11)
     ours = [b["image"] for b in dm.train_dataloader()]
@@ -118,7 +120,7 @@ def test_pil_backend_is_todays_pipeline_batch_for_batch(random_clip, tmp_path):
 
 def test_tensor_backend_batches(random_clip, tmp_path):
     items = write_items(tmp_path, [(50 + 7 * i, 40 + 5 * i) for i in range(6)], suffix=".png")
-    dm = PromptDataModule(random_clip, items, [], batch_size=4, augment="coop", seed=3)
+    dm = PromptDataModule(random_clip, items, [], MethodLoaderConf(batch_size=4, augment=Augment.coop), seed=3)
     assert dm.augment_backend == "tensor"  # the default
     dm.setup("fit")
     assert isinstance(dm._train_dataset, DecodedImages)
@@ -128,12 +130,10 @@ def test_tensor_backend_batches(random_clip, tmp_path):
     batch = dm.on_after_batch_transfer(raw[0], 0)
     assert "image_u8" not in batch and batch["image"].shape == (4, 3, 32, 32) and batch["label"].shape == (4,)
     # The same seed draws the same crops; another seed others.
-    again = PromptDataModule(random_clip, items, [], batch_size=4, augment="coop", seed=3)
+    again = PromptDataModule(random_clip, items, [], MethodLoaderConf(batch_size=4, augment=Augment.coop), seed=3)
     again.setup("fit")
     assert torch.equal(again.on_after_batch_transfer(next(iter(again.train_dataloader())), 0)["image"],
                        batch["image"])
-    with pytest.raises(Exception, match="augment_backend"):
-        PromptDataModule(random_clip, items, [], augment="coop", augment_backend="gpu")
     # Images small for the model keep their pixels (never upscaled when decoded).
     assert tuple(dm._train_dataset[0]["image_u8"].shape) == (3, 40, 50)
     assert Image.open(items[0].impath).size == (50, 40)
@@ -163,7 +163,7 @@ def test_lightning_applies_the_batch_augmentation_in_fit(random_clip, tmp_path):
     from promptlab.methods import CoOpPrompts
 
     items = write_items(tmp_path, [(40 + 3 * i, 36 + 2 * i) for i in range(6)], suffix=".png")
-    dm = PromptDataModule(random_clip, items, [], batch_size=3, augment="coop", seed=0)
+    dm = PromptDataModule(random_clip, items, [], MethodLoaderConf(batch_size=3, augment=Augment.coop), seed=0)
     learner = CoOpPrompts(random_clip, n_ctx=2, init_seed=0)
     learner.set_classnames(random_clip, ["class 0", "class 1", "class 2"])
     before = learner.ctx.detach().clone()

@@ -63,7 +63,7 @@ def test_missing_data_root_names_the_path(workspace, base_overrides):
 
 
 def test_unknown_model_name_fails_clearly(base_overrides):
-    cfg = compose_cfg([*base_overrides, "model=vit_b16", "model.name=ViT-Nope-99", "model.checkpoint=null"])
+    cfg = compose_cfg([*base_overrides, "model=vit_b16", "model.name=ViT-Nope-99", "model.weights_file=null"])
     with pytest.raises(ClipLoadError, match="Unknown open_clip model name 'ViT-Nope-99'"):
         run(cfg)
 
@@ -71,8 +71,8 @@ def test_unknown_model_name_fails_clearly(base_overrides):
 def test_pretrained_tag_without_network_says_how_to_pass_a_file(base_overrides, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
-    cfg = compose_cfg([*base_overrides, "model=vit_b32", "model.checkpoint=null"])
-    with pytest.raises(ClipLoadError, match=r"model\.checkpoint=/path/to/ViT-B-32\.pt"):
+    cfg = compose_cfg([*base_overrides, "model=vit_b32", "model.weights_file=null"])
+    with pytest.raises(ClipLoadError, match=r"model\.weights_file=/path/to/ViT-B-32\.pt"):
         run(cfg)
 
 

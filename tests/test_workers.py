@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from promptlab.config.method import Augment, AugmentBackend, MethodLoaderConf
+from promptlab.config.schema import LoaderConf
 from promptlab.data.types import EvalSet
 from promptlab.engine import workers as machine
 from promptlab.engine.datamodule import PromptDataModule
@@ -36,8 +38,10 @@ def test_the_data_module_decodes_with_workers_and_records_them(random_clip, tmp_
                        classnames=["class 0", "class 1", "class 2"])
 
     def module(num_workers):
-        return PromptDataModule(random_clip, items, [eval_set], batch_size=4, eval_batch_size=4, augment="coop",
-                                augment_backend="pil", eval_cache=False, num_workers=num_workers, seed=1)
+        method_loader = MethodLoaderConf(batch_size=4, eval_batch_size=4, augment=Augment.coop,
+                                         augment_backend=AugmentBackend.pil)
+        return PromptDataModule(random_clip, items, [eval_set], method_loader, LoaderConf(num_workers=num_workers),
+                                test_feature_cache=False, seed=1)
 
     auto, inline = module(None), module(0)
     feats_auto, labels = auto.eval_features(eval_set)

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from promptlab.config import compose
+from promptlab.config.deprecated import rename_mapping
 from promptlab.config.registry import typed
 from promptlab.engine.build import RunParts, build_learner, build_parts, load_learner
 from promptlab.errors import ConfigError, MissingPathError
@@ -115,7 +116,7 @@ def load_prompt(
     """Load a run's prompt_learner.pt with the backbone it was trained on and its training class names.
 
     `model_overrides` changes how the backbone is found without changing which one it is, e.g.
-    {"checkpoint": "/models/ViT-B-16.pt"} when the run used a path of another machine. A prompt whose stored
+    {"weights_file": "/models/ViT-B-16.pt"} when the run used a path of another machine. A prompt whose stored
     backbone fingerprint differs from the loaded backbone is refused unless strict=False.
     """
     from promptlab.models import load_clip_from_config
@@ -126,7 +127,8 @@ def load_prompt(
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or not {"state_dict", "method", "model", "train_classnames"} <= set(payload):
         raise ConfigError(f"{path} is not a promptlab prompt file (prompt_learner.pt written by promptlab-train).")
-    model_cfg = OmegaConf.merge(typed({"model": payload["model"]}).model, model_overrides or {})
+    overrides = rename_mapping(dict(model_overrides or {}), root="model", warn=True)  # deprecated names too
+    model_cfg = OmegaConf.merge(typed({"model": payload["model"]}).model, overrides)
     method_cfg = typed({"method": payload["method"]}).method
     device = torch.device(device)
     clip = load_clip_from_config(model_cfg, device=device)

@@ -128,7 +128,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, float | str | int]:
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.model == "toyclip":
-        clip = load_clip(checkpoint="builtin:toyclip", device=device)
+        clip = load_clip(weights_file="builtin:toyclip", device=device)
     else:
         clip = load_clip(name=args.model, pretrained=None, device=device)  # random weights: speed only
     clip: FrozenCLIP
@@ -160,7 +160,7 @@ def feature_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.devic
     coop = _prompts(CoOpPrompts, clip, names, device)
     cocoop = _prompts(CoCoOpPrompts, clip, names, device, class_chunk=args.class_chunk)
     # The reference path: the same weights and learner, text transformer run on all 77 positions.
-    clip_full = FrozenCLIP(clip.model, clip.tokenizer, clip.checkpoint_id, truncate_text=False)
+    clip_full = FrozenCLIP(clip.model, clip.tokenizer, clip.weights_id, truncate_text=False)
     cocoop_full = _prompts(CoCoOpPrompts, clip_full, names, device)
     scale = clip.logit_scale()
 
@@ -263,7 +263,7 @@ def augmented_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.dev
     spec = {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]), "interpolation": pre["interpolation"]}
     coop = _prompts(CoOpPrompts, clip, names, device)
     cocoop = _prompts(CoCoOpPrompts, clip, names, device, class_chunk=args.class_chunk)
-    clip_full = FrozenCLIP(clip.model, clip.tokenizer, clip.checkpoint_id, truncate_text=False)
+    clip_full = FrozenCLIP(clip.model, clip.tokenizer, clip.weights_id, truncate_text=False)
     coop_full = _prompts(CoOpPrompts, clip_full, names, device)
     cocoop_full = _prompts(CoCoOpPrompts, clip_full, names, device)
     scale = clip.logit_scale()
@@ -432,7 +432,7 @@ def deep_rows(args: argparse.Namespace, clip: FrozenCLIP, device: torch.device, 
 
     b, r, size = args.deep_batch, args.repeats, clip.image_size
     names = _classnames(args.classes)
-    clip_ref = FrozenCLIP(clip.model, clip.tokenizer, clip.checkpoint_id, truncate_text=False, share_prefix=False)
+    clip_ref = FrozenCLIP(clip.model, clip.tokenizer, clip.weights_id, truncate_text=False, share_prefix=False)
     # The reference's depths (9 in both towers) where the backbone has that many blocks, else all of them.
     text_depth, vision_depth = min(9, clip.text_layers), min(9, clip.vision_layers)
     maple_depth = min(text_depth, vision_depth)

@@ -1,7 +1,7 @@
 """`promptlab-interpret`: the vocabulary words nearest to each learned context vector.
 
     promptlab-interpret outputs/runs/.../<run dir>            # or a prompt file (prompt_learner.pt, an import)
-    promptlab-interpret prompt.pt --topk 10 model.checkpoint=/models/ViT-B-16.pt
+    promptlab-interpret prompt.pt --topk 10 model.weights_file=/models/ViT-B-16.pt
 
 For every learned context vector (CoOp/KgCoOp/ProGrad `ctx` [M, W], class-specific [C, M, W], CoCoOp's base
 context), the top-k rows of the frozen token-embedding table by cosine similarity and by Euclidean distance.
@@ -125,6 +125,7 @@ def interpret_file(path: Path, topk: int = 5, model_overrides: Mapping[str, Any]
     """Nearest words of a saved prompt, against the backbone it names (checked by its fingerprint)."""
     from omegaconf import OmegaConf
 
+    from promptlab.config.deprecated import rename_mapping
     from promptlab.config.registry import typed
     from promptlab.models import load_clip_from_config
 
@@ -132,7 +133,8 @@ def interpret_file(path: Path, topk: int = 5, model_overrides: Mapping[str, Any]
     payload = torch.load(file, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or not {"state_dict", "model"} <= set(payload):
         raise ConfigError(f"{file} is not a promptlab prompt file (prompt_learner.pt or promptlab-import's output).")
-    model_cfg = OmegaConf.merge(typed({"model": payload["model"]}).model, dict(model_overrides or {}))
+    overrides = rename_mapping(dict(model_overrides or {}), root="model", warn=True)  # deprecated names too
+    model_cfg = OmegaConf.merge(typed({"model": payload["model"]}).model, overrides)
     clip = load_clip_from_config(model_cfg)
     clip.check_fingerprint(payload.get("backbone"), str(file), strict=strict)
     result = interpret_state(payload["state_dict"], clip, topk)
@@ -158,7 +160,7 @@ def print_table(result: Mapping[str, Any], console: Any = None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Nearest vocabulary words of a learned prompt's context.",
-        epilog="model.KEY=VALUE arguments change how the backbone is found (model.checkpoint=...).")
+        epilog="model.KEY=VALUE arguments change how the backbone is found (model.weights_file=...).")
     parser.add_argument("path", type=Path, help="a run dir or a prompt file")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None,

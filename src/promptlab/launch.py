@@ -18,7 +18,8 @@ LAUNCH_KEYS: tuple[str, ...] = (
     "num_threads",
     "analysis",
     "logger",
-    "eval_cache",
+    "test_feature_cache",
+    "eval_cache",  # test_feature_cache's deprecated name (config/deprecated.py): the old override's folders stay
     "assign_gpus",
     "sweep_name",
     "resume",

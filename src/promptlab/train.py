@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptlab.cli_errors import user_errors_in_hydra_job
 from promptlab.config import LAUNCH_KEYS, register_configs, validate
+from promptlab.config.deprecated import apply_renames
 from promptlab.config.registry import choice, plain
 from promptlab.engine import run as steps
 from promptlab.engine.build import (
@@ -202,7 +203,9 @@ class Job:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job with resume and failure records; returns the record."""
-    validate(cfg)  # before anything is loaded or written
+    # Deprecated key names moved to their current ones, then the checks: before anything is loaded or written.
+    apply_renames(cfg, list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None)
+    validate(cfg)
     check_launch(cfg)
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

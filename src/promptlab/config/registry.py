@@ -10,6 +10,7 @@ method.optim.optimizer.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from promptlab.config import schema
+from promptlab.config.deprecated import apply_renames, drop_deprecated, rename_mapping
 from promptlab.launch import is_launch_key
 
 #: Hydra's package config path of the configs shipped inside promptlab.
@@ -118,6 +120,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train", check: bo
         GlobalHydra.instance().clear()
     with initialize_config_module(config_module="promptlab.conf", version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    apply_renames(cfg, overrides)
     if check:
         from promptlab.config.validate import validate
 
@@ -126,8 +129,11 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train", check: bo
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain containers with interpolations resolved and enums as their names."""
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+    """The config (or a node of it) as plain containers with interpolations resolved and enums as their names;
+    the emptied deprecated keys left out (what promptlab writes holds only the current names)."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(container, dict)
+    return drop_deprecated(container, root=cfg._get_full_key(None))  # type: ignore[return-value]
 
 
 def choice(value: Any) -> str:
@@ -139,8 +145,9 @@ def typed(config: Mapping[str, Any]) -> DictConfig:
     """A saved config (a run record's `config`, plain containers) checked and typed against the schema again,
     so code reads it exactly as it reads a freshly composed one. Keys the schema does not know are refused."""
     register_configs()
-    data = dict(config)
+    data = copy.deepcopy(dict(config))
     data.pop("hydra", None)
+    rename_mapping(data)  # saved before a key was renamed: read under its new name
     # JSON turned the integer keys of epochs_by_shots into strings.
     datasets = [data.get("dataset")] + list(((data.get("protocol") or {}).get("targets") or {}).values())
     for node in datasets:

@@ -84,18 +84,21 @@ class LoaderConf:
 
 @dataclass
 class ModelConf:
-    """A frozen CLIP: an open_clip name + tag, a local OpenAI-format file, or builtin:toyclip."""
+    """A frozen CLIP: an open_clip name + tag, a local OpenAI-format weights file, or builtin:toyclip."""
 
     name: str = MISSING
     display_name: str | None = None
     pretrained: str | None = None  # open_clip tag, or a local open_clip-format file
-    checkpoint: str | None = None  # a local OpenAI-format file (JIT archive or state dict); wins over the tag
+    weights_file: str | None = None  # a local OpenAI-format file (JIT archive or state dict); wins over the tag
     quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU
     weights_dtype: WeightsDtype = WeightsDtype.fp32  # the reference's fp16 weights are a known NaN source
     truncate_text: bool = True  # stop the text transformer after the last EOT; only where exact (docs/backbones.md)
     compile_image: bool = False  # torch.compile the frozen image tower (training and evaluation encodes)
     share_prefix: bool = True  # prompts sharing [SOS, context] encode it once; only where exact (docs/backbones.md)
-    cache_dir: str | None = None  # open_clip's download cache
+    download_dir: str | None = None  # where open_clip downloads weights to (null: its own default cache)
+    # Deprecated names (promptlab.config.deprecated moves them to the keys above before anything runs).
+    checkpoint: str | None = None  # deprecated: model.weights_file
+    cache_dir: str | None = None  # deprecated: model.download_dir
 
 
 # --------------------------------------------------------------------------- datasets and protocols
@@ -272,7 +275,8 @@ class TrainConfig:
     analysis: bool = False  # run the prompt-drift diagnostics at the end (promptlab-analyze)
     load_prompt_strict: bool = True  # refuse a prompt learned on another backbone (architecture or weights)
     load_prompt: str | None = None  # a run's prompt_learner.pt: start from it (epochs 0: evaluate it only)
-    eval_cache: bool = True  # keep test-image features on disk (paths.cache_dir) for the sweep's other jobs
+    test_feature_cache: bool = True  # keep test-image features on disk (paths.cache_dir) for the sweep's other jobs
+    eval_cache: bool | None = None  # deprecated: test_feature_cache (promptlab.config.deprecated)
     # In a multirun on several GPUs, each single-device job takes GPU (job number mod GPU count), so parallel
     # jobs (launcher=joblib) spread over the GPUs instead of all landing on GPU 0.
     assign_gpus: bool = True

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from promptlab.config.deprecated import rename_mapping
 from promptlab.config.method import LrScaling, SGDConf
 from promptlab.config.registry import choice, plain
 from promptlab.engine.datamodule import PromptDataModule, feature_batch_size
@@ -147,17 +148,10 @@ def build_parts(cfg: DictConfig, device: str | torch.device = "cpu", prompt: Pat
         load_learner(prompt, learner, clip=clip, strict=bool(cfg.get("load_prompt_strict", True)))
     learner.to(device)
     datamodule = PromptDataModule(
-        clip, data.train_items, data.eval_sets,
-        batch_size=int(loader.batch_size), eval_batch_size=int(loader.eval_batch_size),
-        num_workers=cfg.loader.num_workers, pin_memory=cfg.loader.pin_memory,
-        augment=choice(loader.augment), train_cache=choice(loader.train_cache),
-        train_views=int(loader.train_views), eval_cache=bool(cfg.eval_cache),
-        cache_dir=Path(cfg.paths.cache_dir), on_error=choice(cfg.loader.on_error),
-        precision=str(cfg.trainer.precision), seed=int(cfg.seed),
-        val_items=data.val_items, normalize_features=learner.normalize_features,
-        augment_backend=choice(loader.get("augment_backend", "tensor")),
-        decoded_cache_disk=bool(loader.get("decoded_cache_disk", False)),
-        encodes_images=learner.encodes_images,
+        clip, data.train_items, data.eval_sets, loader, cfg.loader, val_items=data.val_items, seed=int(cfg.seed),
+        precision=str(cfg.trainer.precision), cache_dir=Path(cfg.paths.cache_dir),
+        test_feature_cache=bool(cfg.test_feature_cache), encodes_images=learner.encodes_images,
+        normalize_features=learner.normalize_features,
         feature_eval_batch_size=feature_batch_size(learner, int(loader.eval_batch_size)),
     )
     return RunParts(clip, data, learner, datamodule)
@@ -168,6 +162,8 @@ def learner_options(method: DictConfig) -> dict[str, Any]:
     options = OmegaConf.to_container(method.learner, resolve=True, enum_to_str=True)
     assert isinstance(options, dict)
     options.pop("_target_", None)
+    # The constructor takes the current names only: a deprecated one (None, or a hand-made config's value) goes.
+    rename_mapping(options, root="method.learner", warn=True)
     return options  # type: ignore[return-value]
 
 

@@ -16,8 +16,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from promptlab.config.method import Augment, MethodLoaderConf
+from promptlab.config.registry import choice
+from promptlab.config.schema import LoaderConf
 from promptlab.data.decoded_cache import DecodedImages, build_decoded_images, collate_decoded
 from promptlab.data.image_dataset import ImageDataset, require_decodable
 from promptlab.data.tensor_augment import TensorAugment
@@ -78,78 +82,70 @@ class PromptDataModule(L.LightningDataModule):
         clip: FrozenCLIP,
         train_items: list[Datum],
         eval_sets: list[EvalSet],
-        batch_size: int = 32,
-        eval_batch_size: int = 100,
-        num_workers: int | None = None,
-        pin_memory: bool | None = None,
-        augment: str = "none",
-        train_cache: str = "auto",
-        train_views: int = 0,
-        eval_cache: bool = True,
-        cache_dir: Path | None = None,
-        on_error: str = "raise",
-        precision: str = "32",
-        seed: int = 0,
-        image_mean: tuple[float, ...] | None = None,
-        image_std: tuple[float, ...] | None = None,
+        method_loader: MethodLoaderConf | DictConfig | None = None,
+        loader: LoaderConf | DictConfig | None = None,
+        *,
         val_items: list[Datum] | None = None,
-        normalize_features: bool = True,
-        augment_backend: str = "tensor",
-        decoded_cache_disk: bool = False,
+        seed: int = 0,
+        precision: str = "32",
+        cache_dir: Path | None = None,
+        test_feature_cache: bool = True,
         encodes_images: bool = False,
+        normalize_features: bool = True,
         feature_eval_batch_size: int | None = None,
     ) -> None:
-        """`val_items`: the few-shot validation split (for learners that choose hyper-parameters on it);
-        `normalize_features=False`: every cached feature un-normalised (a learner that asks for it);
-        `augment_backend`: "tensor" (images decoded once, augmented per batch on the device,
-        data/tensor_augment.py) or "pil" (the reference's per-image PIL pipeline, exactly);
-        `decoded_cache_disk`: keep the decoded training images under cache_dir too;
+        """The data of one run, from its config nodes: `method_loader` is the method's `method.loader` (batch
+        sizes, augmentation and its backend, training-feature caching; None: the schema's defaults without
+        augmentation), `loader` the machine's `loader` (workers, pinned memory, on_error; None: the schema's).
+        Their values are the schema's closed choices, checked when the config is composed and validated
+        (promptlab.config.validate), so they are not checked again here.
+
+        `val_items`: the few-shot validation split (for learners that choose hyper-parameters on it);
+        `seed`: the training order and augmentation; `precision`: what features are encoded under (the trainer
+        sets the one it runs); `cache_dir`: paths.cache_dir (frozen features, decode verdicts, decoded images);
+        `test_feature_cache`: keep test-image features there for the sweep's other jobs;
         `encodes_images`: the learner encodes images itself (image-tower prompts): training and test
         batches carry images, never frozen features, and each test image is read and encoded once per evaluation;
-        `num_workers` / `pin_memory`: None leaves them to the machine (engine/workers.py); `workers_used` records
-        what each loader got;
-        `feature_eval_batch_size`: rows per batch when evaluation scores cached features (None: eval_batch_size).
+        `normalize_features=False`: every cached feature un-normalised (a learner that asks for it);
+        `feature_eval_batch_size`: rows per batch when evaluation scores cached features (None: the eval batch).
         Learners with one text embedding per class score thousands of features in one matrix product, and each
-        batch of Lightning's test loop costs more than that product (feature_batch_size)."""
+        batch of Lightning's test loop costs more than that product (feature_batch_size).
+        `workers_used` records the worker processes each loader got (engine/workers.py)."""
         super().__init__()
+        method_loader = method_loader if method_loader is not None else MethodLoaderConf(augment=Augment.none)
+        loader = loader if loader is not None else LoaderConf()
         self.encodes_images = encodes_images
-        if encodes_images and train_cache == "on":
+        self.train_cache = choice(method_loader.train_cache)
+        if encodes_images and self.train_cache == "on":
+            # Depends on the built learner (IVLP encodes images only with vision tokens), so it is checked here.
             raise ConfigError(
                 "method.loader.train_cache=on: this method learns tokens inside the image tower, so image features "
                 "change with every step and cannot be cached. Use train_cache=auto or off."
             )
-        if augment_backend not in ("tensor", "pil"):
-            raise ConfigError(f"augment_backend={augment_backend!r}; expected tensor or pil.")
-        self.augment_backend, self.decoded_cache_disk = augment_backend, decoded_cache_disk
+        self.augment, self.train_views = choice(method_loader.augment), int(method_loader.train_views)
+        self.augment_backend = choice(method_loader.augment_backend)
+        self.decoded_cache_disk = bool(method_loader.decoded_cache_disk)
         self.tensor_augment: TensorAugment | None = None
-        if train_cache not in ("auto", "on", "off"):
-            raise ConfigError(f"train_cache={train_cache!r}; expected auto, on or off.")
-        if train_cache == "on" and augment != "none" and train_views < 1:
-            raise ConfigError(
-                f"train_cache=on with augment={augment!r} would freeze one random crop per image for the whole "
-                "run. Set augment=none, or train_views=K to cache K augmented views per image (documented "
-                "approximation), or train_cache=auto/off to encode augmented images every step (reference)."
-            )
         self.clip = clip
         self.train_items = train_items
         self.val_items = list(val_items or [])
         self.eval_sets = eval_sets
         self.normalize_features = normalize_features
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.feature_eval_batch_size = feature_eval_batch_size or eval_batch_size
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.batch_size, self.eval_batch_size = int(method_loader.batch_size), int(method_loader.eval_batch_size)
+        self.feature_eval_batch_size = feature_eval_batch_size or self.eval_batch_size
+        self.num_workers, self.pin_memory = loader.num_workers, loader.pin_memory
+        self.on_error = choice(loader.on_error)
         self.workers_used: dict[str, int] = {}  # loader -> worker processes it ran with (for the run record)
         self.ranks_per_node = 1  # ranks sharing this node's CPUs: train.py sets the trainer's devices per node
-        self.augment, self.train_cache, self.train_views = augment, train_cache, train_views
-        self.eval_cache, self.cache_dir, self.on_error = eval_cache, cache_dir, on_error
+        self.test_feature_cache, self.cache_dir = test_feature_cache, cache_dir
         self.precision, self.seed = precision, seed
         size = clip.image_size
         # The loaded model's own preprocessing (open_clip's preprocess config: OpenAI's mean/std for OpenAI
-        # CLIP, 0.5/0.5 and squash resizing for SigLIP); image_mean/image_std override it when given.
+        # CLIP, 0.5/0.5 and squash resizing for SigLIP).
         pre = clip.preprocess_cfg
-        spec = {"mean": tuple(image_mean or pre["mean"]), "std": tuple(image_std or pre["std"]),
+        spec = {"mean": tuple(pre["mean"]), "std": tuple(pre["std"]),
                 "interpolation": pre["interpolation"], "resize_mode": pre["resize_mode"]}
-        self.train_transform = build_transform(size, train=True, augment=augment, **spec)
+        self.train_transform = build_transform(size, train=True, augment=self.augment, **spec)
         self.test_transform = build_transform(size, train=False, **spec)
         self.active_eval: EvalSet | None = None
         self._train_dataset: FeatureDataset | DecodedImages | ImageDataset | None = None
@@ -342,7 +338,7 @@ class PromptDataModule(L.LightningDataModule):
         labels = torch.tensor([item.label for item in dataset.items])
         key = self._key(dataset.items, self.test_transform)
         if key not in self._eval_features:
-            cache_dir = self.cache_dir if self.eval_cache else None
+            cache_dir = self.cache_dir if self.test_feature_cache else None
             # Encoding iterates a DataLoader, which draws a seed from the global RNG. Test features may be
             # computed before training (check_eval_images) or loaded from the cache: forked, so the training
             # run's random stream is the same either way (results must not depend on the cache's state).

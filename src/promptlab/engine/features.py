@@ -72,7 +72,7 @@ def cache_key(clip: FrozenCLIP, items: Sequence[Datum], transform: object, preci
     """Everything an image feature depends on: weights, images (paths+labels), transform, precision."""
     payload = json.dumps(
         {
-            "weights": clip.checkpoint_id,
+            "weights": clip.weights_id,
             "preprocess": clip.preprocess_cfg,  # the model's mean/std/size/interpolation/resize mode
             "weights_dtype": str(clip.dtype),
             "items": items_fingerprint(items),

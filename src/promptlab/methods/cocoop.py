@@ -37,7 +37,8 @@ class CoCoOpLearnerConf:
     n_ctx: int = 4
     ctx_init: str | None = "a photo of a"
     class_chunk: int | None = None  # classes per text-encoder call (bounds memory, e.g. 100 for ImageNet)
-    checkpoint_chunks: bool = False  # recompute chunk activations in backward (compute for memory)
+    recompute_chunks: bool = False  # recompute chunk activations in backward (compute for memory)
+    checkpoint_chunks: bool | None = None  # deprecated: recompute_chunks (promptlab.config.deprecated)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class CoCoOpPrompts(PromptLearner):
         n_ctx: int = CoCoOpLearnerConf.n_ctx,
         ctx_init: str | None = CoCoOpLearnerConf.ctx_init,
         class_chunk: int | None = CoCoOpLearnerConf.class_chunk,
-        checkpoint_chunks: bool = CoCoOpLearnerConf.checkpoint_chunks,
+        recompute_chunks: bool = CoCoOpLearnerConf.recompute_chunks,
         init_seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -84,7 +85,7 @@ class CoCoOpPrompts(PromptLearner):
                     if isinstance(layer, nn.Linear):
                         layer.reset_parameters()
         self.class_chunk = class_chunk
-        self.checkpoint_chunks = checkpoint_chunks
+        self.recompute_chunks = recompute_chunks
 
     @classmethod
     def config_problems(cls, learner: Any, count_tokens: Callable[[str], int] | None = None) -> list[str]:
@@ -116,7 +117,7 @@ class CoCoOpPrompts(PromptLearner):
         outputs = []
         for start in range(0, n_cls, chunk):
             stop = min(start + chunk, n_cls)
-            if self.checkpoint_chunks and torch.is_grad_enabled():
+            if self.recompute_chunks and torch.is_grad_enabled():
                 out = checkpoint(self._encode_chunk, clip, ctx_shifted, start, stop, use_reentrant=False)
             else:
                 out = self._encode_chunk(clip, ctx_shifted, start, stop)

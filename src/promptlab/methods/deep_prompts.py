@@ -37,7 +37,8 @@ class DeepPromptOptions:
     # The reference casts every inserted prompt with .half() whatever its precision: true rounds them to fp16
     # values the same way (deep text prompts and all image prompts; not the block-0 text context).
     fp16_prompts: bool = False
-    checkpoint_blocks: bool = False  # recompute image-tower block activations in backward (memory for compute)
+    recompute_blocks: bool = False  # recompute image-tower block activations in backward (memory for compute)
+    checkpoint_blocks: bool | None = None  # deprecated: recompute_blocks (promptlab.config.deprecated)
 
 
 def deep_optim(lr: float, epochs: int) -> OptimConf:
@@ -83,10 +84,10 @@ class DeepPromptLearner(PromptLearner):
         return context_problems(learner, count_tokens, keep_init_tail=bool(learner.get("keep_init_tail")))
 
     def __init__(self, fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
-                 checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks) -> None:
+                 recompute_blocks: bool = DeepPromptOptions.recompute_blocks) -> None:
         super().__init__()
         self.fp16_prompts = fp16_prompts
-        self.checkpoint_blocks = checkpoint_blocks
+        self.recompute_blocks = recompute_blocks
         self.n_ctx = 0
         self.ctx_text = ""
 
@@ -129,4 +130,4 @@ class DeepPromptLearner(PromptLearner):
         if shallow is None:
             return clip.encode_image(images)
         shallow_r, *deep_r = fp16_round([shallow, *deep], self.fp16_prompts)
-        return clip.encode_image_prompted(images, shallow_r, deep_r, checkpoint_blocks=self.checkpoint_blocks)
+        return clip.encode_image_prompted(images, shallow_r, deep_r, recompute_blocks=self.recompute_blocks)

@@ -91,10 +91,10 @@ class IVLPPrompts(DeepPromptLearner):
         vision_depth: int = IVLPLearnerConf.vision_depth,
         keep_init_tail: bool = IVLPLearnerConf.keep_init_tail,
         fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
-        checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks,
+        recompute_blocks: bool = DeepPromptOptions.recompute_blocks,
         init_seed: int | None = None,
     ) -> None:
-        super().__init__(fp16_prompts=fp16_prompts, checkpoint_blocks=checkpoint_blocks)
+        super().__init__(fp16_prompts=fp16_prompts, recompute_blocks=recompute_blocks)
         generator = seeded_generator(init_seed)
         # The reference asserts PROMPT_DEPTH_TEXT >= 1 for IVLP (vision-only prompting is VPT).
         check_depth(text_depth, clip.text_layers, "method.learner.text_depth", "text", clip, minimum=1)

@@ -66,10 +66,10 @@ class MaPLePrompts(DeepPromptLearner):
         depth: int = MaPLeLearnerConf.depth,
         keep_init_tail: bool = MaPLeLearnerConf.keep_init_tail,
         fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
-        checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks,
+        recompute_blocks: bool = DeepPromptOptions.recompute_blocks,
         init_seed: int | None = None,
     ) -> None:
-        super().__init__(fp16_prompts=fp16_prompts, checkpoint_blocks=checkpoint_blocks)
+        super().__init__(fp16_prompts=fp16_prompts, recompute_blocks=recompute_blocks)
         clip.check_vision_prompts("maple")
         layers = min(clip.text_layers, clip.vision_layers)
         check_depth(depth, layers, "method.learner.depth", "text and image", clip, minimum=1)

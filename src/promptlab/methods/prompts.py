@@ -208,7 +208,7 @@ def _cache_key(clip: FrozenCLIP, templates: Sequence[str], classnames: Sequence[
     # Only the descriptions of the classes asked for matter, so two files that agree on them share an entry.
     used = None if descriptions is None else {
         n: descriptions.get(normalize_classname(n)) for n in classnames}
-    payload = json.dumps({"weights": clip.checkpoint_id, "dtype": str(clip.dtype),
+    payload = json.dumps({"weights": clip.weights_id, "dtype": str(clip.dtype),
                           "truncate": getattr(clip, "truncate_text", None), "templates": list(templates),
                           "classnames": list(classnames), "descriptions": used, "combine": combine}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -181,12 +181,12 @@ class PromptSRCPrompts(IVLPPrompts):
         teacher_templates: list[str] | None = None,
         keep_init_tail: bool = PromptSRCLearnerConf.keep_init_tail,
         fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
-        checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks,
+        recompute_blocks: bool = DeepPromptOptions.recompute_blocks,
         init_seed: int | None = None,
     ) -> None:
         super().__init__(clip, n_ctx=n_ctx, ctx_init=ctx_init, text_depth=text_depth, n_ctx_vision=n_ctx_vision,
                          vision_depth=vision_depth, keep_init_tail=keep_init_tail, fp16_prompts=fp16_prompts,
-                         checkpoint_blocks=checkpoint_blocks, init_seed=init_seed)
+                         recompute_blocks=recompute_blocks, init_seed=init_seed)
         self.text_loss_weight, self.image_loss_weight = text_loss_weight, image_loss_weight
         self.logit_loss_weight = logit_loss_weight
         self.gpa, self.gpa_mean, self.gpa_std = gpa, gpa_mean, gpa_std

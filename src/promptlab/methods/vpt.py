@@ -61,10 +61,10 @@ class VPTPrompts(DeepPromptLearner):
         vision_depth: int = VPTLearnerConf.vision_depth,
         templates: list[str] | None = None,
         fp16_prompts: bool = DeepPromptOptions.fp16_prompts,
-        checkpoint_blocks: bool = DeepPromptOptions.checkpoint_blocks,
+        recompute_blocks: bool = DeepPromptOptions.recompute_blocks,
         init_seed: int | None = None,
     ) -> None:
-        super().__init__(fp16_prompts=fp16_prompts, checkpoint_blocks=checkpoint_blocks)
+        super().__init__(fp16_prompts=fp16_prompts, recompute_blocks=recompute_blocks)
         clip.check_vision_prompts("vpt")
         # The reference asserts PROMPT_DEPTH_VISION >= 1: without image tokens there is nothing to learn.
         check_depth(vision_depth, clip.vision_layers, "method.learner.vision_depth", "image", clip, minimum=1)

@@ -269,17 +269,17 @@ def splice_vision(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
 def run_prompted_blocks(
     blocks: Sequence[nn.Module], x: torch.Tensor, deep: Sequence[torch.Tensor],
     splice: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], attn_mask: torch.Tensor | None = None,
-    checkpoint_blocks: bool = False,
+    recompute_blocks: bool = False,
 ) -> torch.Tensor:
     """Run batch-first open_clip blocks; before block i (1 <= i <= len(deep)) `splice(x, deep[i-1])` replaces the
-    prompt slots. `checkpoint_blocks` recomputes each block's activations in backward (memory for compute)."""
+    prompt slots. `recompute_blocks` recomputes each block's activations in backward (memory for compute)."""
     if len(deep) >= len(blocks):
         raise ConfigError(f"{len(deep) + 1} prompt depths asked for a tower of {len(blocks)} blocks: the depth counts "
                           f"the blocks that get fresh prompts, at most {len(blocks)}.")
     for i, block in enumerate(blocks):
         if 1 <= i <= len(deep):
             x = splice(x, deep[i - 1])
-        if checkpoint_blocks and torch.is_grad_enabled():
+        if recompute_blocks and torch.is_grad_enabled():
             x = checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
         else:
             x = block(x, attn_mask=attn_mask)
@@ -302,7 +302,7 @@ def vision_prompt_reason(visual: nn.Module) -> str:
 
 def encode_image_tower(
     vision: VisionTower, images: torch.Tensor, prompts: torch.Tensor | None = None,
-    deep: Sequence[torch.Tensor] = (), checkpoint_blocks: bool = False,
+    deep: Sequence[torch.Tensor] = (), recompute_blocks: bool = False,
 ) -> torch.Tensor:
     """open_clip's VisionTransformer forward with learned tokens: projected, unnormalised features [B, D].
 
@@ -326,7 +326,7 @@ def encode_image_tower(
         x = torch.cat([x, prompts.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
     x = visual.ln_pre(x)
     x = run_prompted_blocks(visual.transformer.resblocks, x, deep, splice_vision,
-                            checkpoint_blocks=checkpoint_blocks)
+                            recompute_blocks=recompute_blocks)
     pooled, _ = visual._pool(x)  # class token (vision_prompt_reason refuses other pooling)
     return pooled @ visual.proj if visual.proj is not None else pooled
 

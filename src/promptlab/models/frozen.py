@@ -58,7 +58,7 @@ class FrozenCLIP(nn.Module):
         self,
         model: nn.Module,
         tokenizer,
-        checkpoint_id: str,
+        weights_id: str,
         truncate_text: bool = True,
         share_prefix: bool = True,
         name: str | None = None,
@@ -71,7 +71,7 @@ class FrozenCLIP(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         # Identifies the weights for the on-disk feature cache (a sha256 of the file, or name+tag).
-        self.checkpoint_id = checkpoint_id
+        self.weights_id = weights_id
         # What a saved prompt was trained on: architecture + weights (engine/build.py compares them).
         self.architecture = architecture or self.name
         # The exact speed-ups run only where they are exact (adapter.exact_speedups): the text transformer
@@ -96,7 +96,7 @@ class FrozenCLIP(nn.Module):
     @property
     def fingerprint(self) -> dict[str, str]:
         """The backbone a prompt is tied to: a prompt learned on one is meaningless on another of the same width."""
-        return {"architecture": self.architecture, "weights": self.checkpoint_id}
+        return {"architecture": self.architecture, "weights": self.weights_id}
 
     def record(self) -> dict[str, Any]:
         """What a run record says about the backbone: name, fingerprint, exact speed-ups, image preprocessing."""
@@ -183,12 +183,12 @@ class FrozenCLIP(nn.Module):
 
     def encode_image_prompted(
         self, images: torch.Tensor, prompts: torch.Tensor | None = None, deep: Sequence[torch.Tensor] = (),
-        normalize: bool = True, checkpoint_blocks: bool = False,
+        normalize: bool = True, recompute_blocks: bool = False,
     ) -> torch.Tensor:
         """Image embeddings [B, embed_dim] (float32) with learned tokens in the image tower (VPT, IVLP, MaPLe):
         `prompts` [n, W] appended before ln_pre, `deep` replacing them before blocks 1..len(deep)
         (adapter.encode_image_tower). Gradients flow through the frozen tower to the prompts."""
-        features = encode_image_tower(self.adapter.vision, images, prompts, deep, checkpoint_blocks).float()
+        features = encode_image_tower(self.adapter.vision, images, prompts, deep, recompute_blocks).float()
         return F.normalize(features, dim=-1) if normalize else features
 
     @property

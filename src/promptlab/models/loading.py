@@ -1,12 +1,12 @@
-"""Build a frozen CLIP through open_clip: a model name plus pretrained tag, or a local checkpoint file.
+"""Build a frozen CLIP through open_clip: a model name plus pretrained tag, or a local weights file.
 
 Supported sources (the `model` config group):
 - `name` + `pretrained=<tag>`: open_clip's registry (e.g. ViT-B-16 + openai); needs network or the
   Hugging Face cache. OpenAI weights need QuickGELU (`quick_gelu: true`; docs/reference.md, "Pitfalls").
 - `name` + `pretrained=<file>`: an open_clip-format state dict for that architecture.
-- `checkpoint=<file>`: an OpenAI-format file (the JIT archive the CLIP repo downloads, or a plain
+- `weights_file=<file>`: an OpenAI-format file (the JIT archive the CLIP repo downloads, or a plain
   state dict); the architecture is inferred from tensor shapes, so no name is needed.
-- `checkpoint=builtin:toyclip`: the tiny CLIP pretrained on the toy world, shipped in the package.
+- `weights_file=builtin:toyclip`: the tiny CLIP pretrained on the toy world, shipped in the package.
 """
 
 from __future__ import annotations
@@ -30,22 +30,23 @@ from promptlab.models.support import refuse_early
 log = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "toy" / "assets"
-BUILTIN_CHECKPOINTS = {"toyclip": ASSETS_DIR / "toyclip.pt"}
+BUILTIN_WEIGHTS = {"toyclip": ASSETS_DIR / "toyclip.pt"}
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def resolve_checkpoint(checkpoint: str) -> Path:
-    if checkpoint.startswith("builtin:"):
-        key = checkpoint.split(":", 1)[1]
-        if key not in BUILTIN_CHECKPOINTS:
-            raise ClipLoadError(f"Unknown builtin checkpoint {checkpoint!r}; known: "
-                                f"{', '.join('builtin:' + k for k in BUILTIN_CHECKPOINTS)}.")
-        return BUILTIN_CHECKPOINTS[key]
-    path = Path(os.path.expanduser(checkpoint))
+def resolve_weights_file(weights_file: str) -> Path:
+    """The path of model.weights_file: a local file, or one shipped in the package (`builtin:<name>`)."""
+    if weights_file.startswith("builtin:"):
+        key = weights_file.split(":", 1)[1]
+        if key not in BUILTIN_WEIGHTS:
+            raise ClipLoadError(f"Unknown builtin weights {weights_file!r}; known: "
+                                f"{', '.join('builtin:' + k for k in BUILTIN_WEIGHTS)}.")
+        return BUILTIN_WEIGHTS[key]
+    path = Path(os.path.expanduser(weights_file))
     if not path.is_file():
         raise ClipLoadError(
-            f"CLIP checkpoint file not found: {path}. Pass the path of an OpenAI-format file "
-            "(e.g. ViT-B-16.pt from the CLIP repository) as model.checkpoint=/abs/path/ViT-B-16.pt."
+            f"CLIP weights file not found: {path}. Pass the path of an OpenAI-format file "
+            "(e.g. ViT-B-16.pt from the CLIP repository) as model.weights_file=/abs/path/ViT-B-16.pt."
         )
     return path
 
@@ -67,7 +68,7 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}"
 
 
-def _read_checkpoint(path: Path) -> dict[str, torch.Tensor] | None:
+def _read_weights(path: Path) -> dict[str, torch.Tensor] | None:
     """The file's state dict (keys without "module."), read once; None for a TorchScript archive."""
     import zipfile
 
@@ -86,7 +87,7 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor] | None:
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as err:
         raise ClipLoadError(
             f"{path} cannot be read as a PyTorch checkpoint ({_short(err)}): it is not a PyTorch file, or it is "
-            "truncated (an interrupted download?). model.checkpoint takes an OpenAI-format file (e.g. ViT-B-16.pt of "
+            "truncated (an interrupted download?). model.weights_file takes an OpenAI-format file (e.g. ViT-B-16.pt of "
             "the CLIP repository); for an open_clip-format file (.bin, .safetensors) set model.name and pass the "
             "file as model.pretrained=<path>."
         ) from err
@@ -112,7 +113,7 @@ def _require_clip(state: dict[str, torch.Tensor], path: Path) -> None:
         raise ClipLoadError(
             f"{path} is a state dict but not a CLIP checkpoint: it has no {'text' if not has_text else 'vision'} "
             f"tower (keys: {sample}{', ...' if len(state) > 5 else ''}). Pass the weights of a CLIP model: an "
-            "OpenAI-format file as model.checkpoint, or an open_clip state dict as model.pretrained with model.name."
+            "OpenAI-format file as model.weights_file, or an open_clip state dict as model.pretrained with model.name."
         )
 
 
@@ -134,7 +135,7 @@ def _check_architecture(state: dict[str, torch.Tensor], model: torch.nn.Module, 
     raise ClipLoadError(
         f"{path} is a CLIP checkpoint of another architecture than model.name={name!r}: {detail}. Set model.name to "
         "the architecture the file was trained as (open_clip.list_models() lists them), or pass an OpenAI-format "
-        "file as model.checkpoint=<path> to have the architecture inferred from it."
+        "file as model.weights_file=<path> to have the architecture inferred from it."
     )
 
 
@@ -171,7 +172,7 @@ def _offline_message(name: str, tag: str, err: BaseException | None = None) -> s
     return (
         f"Cannot fetch pretrained weights '{tag}' for open_clip model '{name}'{why}: the Hugging Face hub could not "
         "be reached and the weights are not in its cache. Download the weights on a machine with network access and "
-        f"pass the local file instead: model.checkpoint=/path/to/{name}.pt for an OpenAI-format file (e.g. the CLIP "
+        f"pass the local file instead: model.weights_file=/path/to/{name}.pt for an OpenAI-format file (e.g. the CLIP "
         f"repository's {name.replace('-', '/', 1)} weights), or model.pretrained=/path/to/open_clip_pytorch_model.bin "
         f"for an open_clip-format state dict of {name}. The offline default is model=toyclip."
     )
@@ -181,7 +182,7 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no", "off")
 
 
-def _tag_is_cached(name: str, tag: str, cache_dir: str | None) -> bool:
+def _tag_is_cached(name: str, tag: str, download_dir: str | None) -> bool:
     """Whether the tag's weights are in the Hugging Face cache (no network)."""
     hub = (open_clip.get_pretrained_cfg(name, tag) or {}).get("hf_hub", "")
     if not hub:
@@ -189,7 +190,7 @@ def _tag_is_cached(name: str, tag: str, cache_dir: str | None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     files = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
-    return any(isinstance(try_to_load_from_cache(hub.rstrip("/"), f, cache_dir=cache_dir), str) for f in files)
+    return any(isinstance(try_to_load_from_cache(hub.rstrip("/"), f, cache_dir=download_dir), str) for f in files)
 
 
 def _known_name(name: str) -> None:
@@ -200,18 +201,18 @@ def _known_name(name: str) -> None:
         )
 
 
-def _from_local_file(name: str, path: Path, quick_gelu: bool, cache_dir: str | None) -> torch.nn.Module:
+def _from_local_file(name: str, path: Path, quick_gelu: bool, download_dir: str | None) -> torch.nn.Module:
     """`name`'s architecture with the weights of an open_clip-format file, checked before loading."""
-    state = _read_checkpoint(path)
+    state = _read_weights(path)
     if state is None:
-        raise ClipLoadError(f"{path} is a TorchScript archive (OpenAI format): pass it as model.checkpoint=<path>.")
+        raise ClipLoadError(f"{path} is a TorchScript archive (OpenAI format): pass it as model.weights_file=<path>.")
     _require_clip(state, path)
     skeleton = _meta_model(name)
     if "text_projection" in state and not hasattr(skeleton, "text_projection"):  # old layout for a CustomTextCLIP
         state = open_clip.model.convert_to_custom_text_state_dict(state)
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # HF buffers, as open_clip drops them
     _check_architecture(state, skeleton, name, path)  # before any weights are built or resized
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, cache_dir=download_dir)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     _set_preprocess_from_tags(model, name)
     return model
@@ -233,13 +234,13 @@ def _set_preprocess_from_tags(model: torch.nn.Module, name: str) -> None:
         open_clip.set_model_preprocess_cfg(model, {**open_clip.get_model_preprocess_cfg(model), **agreed})
 
 
-def _load_checkpoint_file(
-    name: str | None, checkpoint: str, quick_gelu: bool, cache_dir: str | None,
+def _load_weights_file(
+    name: str | None, weights_file: str, quick_gelu: bool, download_dir: str | None,
 ) -> tuple[torch.nn.Module, Any, str]:
-    """model.checkpoint: an OpenAI-format file (architecture read from it), or an open_clip-format one for the
-    architecture `name`. Returns (model, tokenizer, checkpoint id)."""
-    path = resolve_checkpoint(checkpoint)
-    state = _read_checkpoint(path)
+    """model.weights_file: an OpenAI-format file (architecture read from it), or an open_clip-format one for the
+    architecture `name`. Returns (model, tokenizer, weights id)."""
+    path = resolve_weights_file(weights_file)
+    state = _read_weights(path)
     if state is not None:
         _require_clip(state, path)
     if state is None or _is_openai_format(state):
@@ -256,22 +257,22 @@ def _load_checkpoint_file(
             "set model.name=<open_clip model name> and pass the file as model.pretrained=<path>."
         )
     refuse_early(name)
-    model = _from_local_file(name, path, quick_gelu, cache_dir)
+    model = _from_local_file(name, path, quick_gelu, download_dir)
     return model, open_clip.get_tokenizer(name), f"{name}:sha256:{file_sha256(path)}"
 
 
 def _model_by_name(
-    name: str, pretrained: str | None, quick_gelu: bool, cache_dir: str | None,
+    name: str, pretrained: str | None, quick_gelu: bool, download_dir: str | None,
 ) -> tuple[torch.nn.Module, str]:
     """model.name with model.pretrained a local file, an open_clip tag, or nothing (random weights). Returns
-    (model, checkpoint id)."""
+    (model, weights id)."""
     _known_name(name)
     refuse_early(name)  # an unsupported text tower is refused before any download
     local = Path(os.path.expanduser(pretrained)) if pretrained else None
     if local is not None and local.is_file():
-        return _from_local_file(name, local, quick_gelu, cache_dir), f"{name}:sha256:{file_sha256(local)}"
+        return _from_local_file(name, local, quick_gelu, download_dir), f"{name}:sha256:{file_sha256(local)}"
     if not pretrained:
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, cache_dir=download_dir)
         return model, f"{name}:random"
     if not open_clip.get_pretrained_cfg(name, pretrained):
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -279,13 +280,13 @@ def _model_by_name(
             f"model.pretrained={pretrained!r} is neither a file nor a known tag for {name} "
             f"(known tags: {', '.join(tags) or 'none'})."
         )
-    if _hub_offline() and not _tag_is_cached(name, pretrained, cache_dir):
+    if _hub_offline() and not _tag_is_cached(name, pretrained, download_dir):
         # The user's own switch, read now (huggingface_hub reads it once, at import): fail fast.
         raise ClipLoadError(_offline_message(name, pretrained) + " HF_HUB_OFFLINE is set.")
     try:
         # The hub is simply tried (a socket probe says "offline" behind proxies where downloads work);
         # its own errors, and open_clip's, are turned into what to pass instead.
-        model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu, cache_dir=cache_dir)
+        model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu, cache_dir=download_dir)
     except Exception as err:
         raise ClipLoadError(_offline_message(name, pretrained, err)) from err
     return model, f"{name}:{pretrained}"
@@ -294,30 +295,30 @@ def _model_by_name(
 def load_clip(
     name: str | None = None,
     pretrained: str | None = None,
-    checkpoint: str | None = None,
+    weights_file: str | None = None,
     quick_gelu: bool = True,
     weights_dtype: str = "fp32",
     truncate_text: bool = True,
-    cache_dir: str | None = None,
+    download_dir: str | None = None,
     device: str | torch.device = "cpu",
     share_prefix: bool = True,
 ) -> FrozenCLIP:
     """Load a CLIP model through open_clip and freeze it (no gradients, eval mode)."""
     if weights_dtype not in WEIGHT_DTYPES:
         raise ClipLoadError(f"model.weights_dtype={weights_dtype!r}; expected one of {sorted(WEIGHT_DTYPES)}.")
-    if checkpoint:
-        model, tokenizer, checkpoint_id = _load_checkpoint_file(name, checkpoint, quick_gelu, cache_dir)
+    if weights_file:
+        model, tokenizer, weights_id = _load_weights_file(name, weights_file, quick_gelu, download_dir)
     elif not name:
-        raise ClipLoadError("Set model.name (an open_clip model name such as ViT-B-16) or model.checkpoint.")
+        raise ClipLoadError("Set model.name (an open_clip model name such as ViT-B-16) or model.weights_file.")
     else:
-        model, checkpoint_id = _model_by_name(name, pretrained, quick_gelu, cache_dir)
+        model, weights_id = _model_by_name(name, pretrained, quick_gelu, download_dir)
         tokenizer = open_clip.get_tokenizer(name)
     model = model.to(device=device)
     if weights_dtype != "fp32":
         # The reference's conversion (clip.model.convert_weights): layer norms, embeddings and the logit
         # scale stay float32; a plain .to(fp16) changed 1 of 900 zero-shot predictions against it.
         convert_weights_reference(model, WEIGHT_DTYPES[weights_dtype])
-    return FrozenCLIP(model, tokenizer, checkpoint_id=checkpoint_id, truncate_text=truncate_text,
+    return FrozenCLIP(model, tokenizer, weights_id=weights_id, truncate_text=truncate_text,
                       share_prefix=share_prefix, name=name or "openai-format", architecture=_architecture_id(model))
 
 
@@ -326,11 +327,11 @@ def load_clip_from_config(cfg, device: str | torch.device = "cpu") -> FrozenCLIP
     return load_clip(
         name=cfg.get("name"),
         pretrained=cfg.get("pretrained"),
-        checkpoint=cfg.get("checkpoint"),
+        weights_file=cfg.get("weights_file"),
         quick_gelu=bool(cfg.get("quick_gelu", True)),
         weights_dtype=cfg.get("weights_dtype", "fp32"),
         truncate_text=bool(cfg.get("truncate_text", True)),
-        cache_dir=cfg.get("cache_dir"),
+        download_dir=cfg.get("download_dir"),
         device=device,
         share_prefix=bool(cfg.get("share_prefix", True)),
     )

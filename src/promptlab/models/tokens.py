@@ -37,7 +37,7 @@ def token_counter(model_cfg: Any) -> Callable[[str], int] | None:
 
     name = str(model_cfg.get("name") or "")
     if name not in open_clip.list_models():
-        if not model_cfg.get("checkpoint"):
+        if not model_cfg.get("weights_file"):
             return None  # an unknown name: loading refuses it with its own message
         name = "ViT-B-32"  # what loading pairs with an OpenAI-format file of an architecture open_clip does not name
     text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})

@@ -11,7 +11,7 @@ saves `bias_vectors` and a `meta_net.linear1` that its forward never uses. The s
 optimiser/scheduler objects, hence the restricted unpickler.
 
 The backbone: a Dassl checkpoint does not say which CLIP it was trained on. The user names the model config
-(promptlab-train's overrides, e.g. `model=vit_b16 model.checkpoint=/models/ViT-B-16.pt`); the importer loads it
+(promptlab-train's overrides, e.g. `model=vit_b16 model.weights_file=/models/ViT-B-16.pt`); the importer loads it
 and checks the checkpoint against it: the context width must be the backbone's, and `token_prefix` (saved by
 the reference from its own CLIP) must equal this backbone's start-token embedding. The prompt file then carries
 that backbone's fingerprint, so promptlab-train refuses it on any other backbone as it does for its own prompts.
@@ -142,7 +142,7 @@ def check_backbone(ckpt: DasslCheckpoint, clip: Any, model_name: str) -> str:
         raise BackboneCheckError(
             f"{ckpt.path}: the context vectors are {ckpt.ctx.shape[-1]}-wide, model {model_name}'s token embedding "
             f"is {clip.ctx_dim}-wide: the checkpoint was trained on another backbone. Name its model config "
-            "(e.g. model=vit_b16 model.checkpoint=/models/ViT-B-16.pt).")
+            "(e.g. model=vit_b16 model.weights_file=/models/ViT-B-16.pt).")
     prefix = ckpt.state_dict.get("token_prefix")
     if prefix is None:
         return "context width only (the checkpoint has no token_prefix to compare)"
@@ -155,7 +155,7 @@ def check_backbone(ckpt: DasslCheckpoint, clip: Any, model_name: str) -> str:
         raise BackboneCheckError(
             f"{ckpt.path}: its token_prefix (the start-token embedding of the CLIP it was trained with) differs from "
             f"model {model_name}'s by up to {diff:.3g}: the checkpoint was trained on another backbone or other "
-            "weights. Name the model config it was trained with (model=..., model.checkpoint=...).")
+            "weights. Name the model config it was trained with (model=..., model.weights_file=...).")
     return "context width and token_prefix equal this backbone's start-token embedding"
 
 
@@ -185,7 +185,7 @@ def import_checkpoint(
 ) -> dict[str, Any]:
     """Convert a Dassl checkpoint into a promptlab prompt file at `out`; returns the file's `imported` summary.
 
-    `overrides` are promptlab-train's (model=..., model.checkpoint=..., dataset=..., method.learner.*): they name
+    `overrides` are promptlab-train's (model=..., model.weights_file=..., dataset=..., method.learner.*): they name
     the backbone and the learner config the prompt is evaluated with. `classnames`: the training classes, in
     label order, when known (class-specific contexts and promptlab.load_prompt(...).classify need them).
     """

@@ -1,7 +1,7 @@
 """`promptlab-import`: the reference's artefacts to promptlab's formats (docs/reference_artefacts.md).
 
     promptlab-import checkpoint output/.../prompt_learner/model.pth.tar-50 --out coop_pets.pt \\
-        model=vit_b16 model.checkpoint=/models/ViT-B-16.pt dataset=oxford_pets
+        model=vit_b16 model.weights_file=/models/ViT-B-16.pt dataset=oxford_pets
     promptlab-import shots /data/oxford_pets/split_fewshot          # -> shot_K-seed_S.json next to the .pkl files
 """
 
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="a text file with the training class names, one a line, in label order")
     # Overrides (KEY=VALUE, anywhere on the line) name the backbone: parsed as the arguments argparse leaves over.
     ckpt.epilog = ("Further KEY=VALUE arguments are promptlab-train overrides naming the backbone it was trained on "
-                   "(model=vit_b16 model.checkpoint=...) and optionally dataset=... and method.learner.*.")
+                   "(model=vit_b16 model.weights_file=...) and optionally dataset=... and method.learner.*.")
     shots = sub.add_parser("shots", help="Dassl few-shot selections (split_fewshot/shot_K-seed_S.pkl) to JSON")
     shots.add_argument("source", type=Path, help="a split_fewshot folder or one shot_K-seed_S.pkl")
     shots.add_argument("--out", type=Path, default=None, help="output folder (default: the source folder)")

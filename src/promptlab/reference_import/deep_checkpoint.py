@@ -164,7 +164,7 @@ def check_deep_backbone(state: Mapping[str, torch.Tensor], clip: Any, model_name
     round-off allowed: the reference keeps CLIP in fp16 under PREC=fp16). Raises BackboneCheckError."""
     from promptlab.reference_import.checkpoint import BackboneCheckError
 
-    hint = "Name the model config it was trained with (e.g. model=vit_b16 model.checkpoint=/models/ViT-B-16.pt)."
+    hint = "Name the model config it was trained with (e.g. model=vit_b16 model.weights_file=/models/ViT-B-16.pt)."
     widths = {"ctx": ("text context", clip.ctx_dim), _IMAGE_CTX: ("image tokens", clip.vision_width)}
     for key, (what, width) in widths.items():
         if key in state and state[key].shape[-1] != width:
