@@ -5,7 +5,8 @@ numeric precision). Test features do not depend on the method or the seed: the j
 them through an on-disk cache keyed by exactly those inputs, written atomically so parallel jobs never
 read a half-written file. Training features are exact stand-ins for the images when the training
 transform is deterministic (augment=none); with random augmentation they are exact only as K fixed
-augmented views per image (a different, documented, training distribution), see docs/tensor_augment.md and method.loader (train_cache, train_views).
+augmented views per image (a different, documented, training distribution): method.loader.train_cache and
+train_views, docs/tensor_augment.md.
 """
 
 from __future__ import annotations

@@ -67,6 +67,8 @@ class CLIPAdapter(PromptLearner):
 
     direct_logits = True  # the adapter changes the image feature, so the learner scores images itself
     context_args = ("init_seed",)
+    text_features: torch.Tensor  # a buffer (set_classnames), declared for the type checker
+    text_prompts: TextPrompts
 
     def __init__(
         self,

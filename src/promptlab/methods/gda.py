@@ -144,6 +144,15 @@ class GDA(PromptLearner):
     trainable = False
     direct_logits = True
     fits_features = True
+    # Buffers (registered in __init__ / set_classnames): declared for the type checker.
+    alpha_value: torch.Tensor
+    train_features: torch.Tensor
+    means: torch.Tensor
+    precision: torch.Tensor
+    text_features: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    text_prompts: TextPrompts
 
     def __init__(
         self,
