@@ -147,3 +147,21 @@ def test_the_record_stores_only_the_new_keys(tmp_path: Path):
         assert config["model"]["weights_file"] == weights and "checkpoint" not in config["model"]
         assert config["test_feature_cache"] is False and "eval_cache" not in config
         assert "cache_dir" not in config["model"] and config["model"]["download_dir"] is None
+
+
+def test_a_job_recorded_under_the_old_names_is_still_skipped_on_resume(tmp_path: Path):
+    """The resume hash reads the renamed keys under their old names: the hash promptlab wrote before the renames
+    (its plain config held `model.checkpoint`, `model.cache_dir`, ...) is the hash a rerun computes now."""
+    from promptlab.launch import LAUNCH_KEYS
+    from promptlab.train import run
+
+    cfg = compose_cfg([*tiny_overrides(tmp_path), "method=zeroshot", "run_name=old_names"])
+    first = run(cfg)
+    old_style = plain(cfg)
+    old_style["model"]["checkpoint"] = old_style["model"].pop("weights_file")
+    old_style["model"]["cache_dir"] = old_style["model"].pop("download_dir")
+    old_style["eval_cache"] = old_style.pop("test_feature_cache")
+    assert first["config_hash"] == config_hash(old_style, exclude=LAUNCH_KEYS)
+    assert first["config_hash"] != config_hash(plain(cfg), exclude=LAUNCH_KEYS)  # the new names alone differ
+    again = run(compose_cfg([*tiny_overrides(tmp_path), "method=zeroshot", "run_name=old_names"]))
+    assert again["timings"] == first["timings"]  # read back from the record, not run again

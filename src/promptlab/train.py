@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptlab.cli_errors import user_errors_in_hydra_job
 from promptlab.config import LAUNCH_KEYS, register_configs, validate
-from promptlab.config.deprecated import apply_renames
+from promptlab.config.deprecated import apply_renames, names_before_renames
 from promptlab.config.registry import choice, plain
 from promptlab.engine import run as steps
 from promptlab.engine.build import (
@@ -210,7 +210,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     plain_cfg = plain(cfg)
-    digest = config_hash(plain_cfg, exclude=LAUNCH_KEYS)
+    digest = config_hash(names_before_renames(plain_cfg), exclude=LAUNCH_KEYS)  # stable across key renames
     if cfg.get("resume", True) and is_complete(run_dir, digest):
         log.info("skipping %s: %s already holds a complete record of this config", cfg.run_name, run_dir)
         return read_record(run_dir)

@@ -137,3 +137,20 @@ def drop_deprecated(container: MutableMapping[Any, Any], root: str = "") -> Muta
         if isinstance(parent, MutableMapping) and leaf in parent and parent[leaf] is None:
             del parent[leaf]
     return container
+
+
+def names_before_renames(container: MutableMapping[Any, Any]) -> dict[Any, Any]:
+    """A deep copy of a plain config with each renamed key under its old name: what the resume hash reads, so a
+    job recorded before the rename still matches its record and is skipped, not run again."""
+    import copy
+
+    view: dict[Any, Any] = copy.deepcopy(dict(container))
+    for old, new in RENAMED.items():
+        parent_path, new_leaf = _parts(new)
+        old_leaf = _parts(old)[1]
+        parent: Any = view
+        for part in parent_path.split(".") if parent_path else []:
+            parent = parent.get(part) if isinstance(parent, MutableMapping) else None
+        if isinstance(parent, MutableMapping) and new_leaf in parent:
+            parent[old_leaf] = parent.pop(new_leaf)
+    return view
