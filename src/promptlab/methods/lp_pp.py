@@ -71,14 +71,15 @@ class LPPPMethodConf(MethodConf):
 # --------------------------------------------------------------------------- the reference's rules (pure functions)
 def class_sums(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """[C, D]: the sum (not the mean: the reference's division is commented out) of each class's features."""
-    return torch.zeros(n_classes, features.shape[1], dtype=features.dtype).index_add_(0, labels, features)
+    return torch.zeros(n_classes, features.shape[1], dtype=features.dtype, device=features.device).index_add_(
+        0, labels, features)
 
 
 def init_alpha(text_logits: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:
     """250 * the mean over classes of each class's mean text logit f_i . t_c over its own images (shots cancel)."""
-    own = text_logits[torch.arange(labels.numel()), labels]
+    own = text_logits[torch.arange(labels.numel(), device=labels.device), labels]
     counts = torch.bincount(labels, minlength=n_classes).to(own.dtype)
-    per_class = torch.zeros(n_classes, dtype=own.dtype).index_add_(0, labels, own) / counts
+    per_class = torch.zeros(n_classes, dtype=own.dtype, device=own.device).index_add_(0, labels, own) / counts
     return float(ALPHA_INIT_SCALE * per_class.mean())
 
 
@@ -124,7 +125,7 @@ def train(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, star
         optimiser.zero_grad()  # W and b only: alpha.grad keeps accumulating, as the reference's
         F.cross_entropy(logits, labels).backward()
         optimiser.step()
-        if (epoch + 1) % alpha_every == 0:
+        if (epoch + 1) % alpha_every == 0 and alpha.grad is not None:
             with torch.no_grad():
                 alpha -= lr_a * alpha.grad
         if after_epoch is not None:
@@ -159,7 +160,8 @@ class LPPlusPlus(PromptLearner):
         init_seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.text_prompts = TextPrompts(list(templates))
+        self.prompts = TextPrompts(list(templates))  # typed: never None here
+        self.text_prompts = self.prompts
         self.epochs, self.alpha_every, self.select_epoch = int(epochs), int(alpha_every), bool(select_epoch)
         self.init_seed = init_seed
         self.fitted_classnames: list[str] = []
@@ -197,7 +199,7 @@ class LPPlusPlus(PromptLearner):
             raise ConfigError(f"LP++: {self.unseen_classes_reason} (fitted on {len(self.fitted_classnames)} classes, "
                               f"asked to score {len(classnames)}).")
         self.classnames = list(classnames)
-        text = self.text_prompts.class_embeddings(clip, classnames).double().to(self.weight.device)
+        text = self.prompts.class_embeddings(clip, classnames).double().to(self.weight.device)
         self.register_buffer("text_features", text, persistent=False)
 
     def forward(self, clip: FrozenCLIP, image_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -224,8 +226,8 @@ class LPPlusPlus(PromptLearner):
         bound = 1.0 / math.sqrt(dim)  # nn.Linear's default bias init, which the reference keeps
         bias = (torch.rand(n_classes, generator=generator, dtype=torch.float64) * 2 - 1) * bound
         alpha = torch.full((n_classes,), init_alpha(features @ self.text_features.t(), labels, n_classes),
-                           dtype=torch.float64)
-        return LPPPState(class_sums(features, labels, n_classes), bias.to(features.device), alpha.to(features.device))
+                           dtype=torch.float64, device=features.device)
+        return LPPPState(class_sums(features, labels, n_classes), bias.to(features.device), alpha)
 
     @torch.no_grad()
     def fit_features(self, clip: FrozenCLIP, data: FitFeatures) -> dict[str, Any]:

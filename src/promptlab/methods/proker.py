@@ -128,7 +128,8 @@ class ProKeR(PromptLearner):
         problems = grid_problems(beta_grid, lambda_grid, beta, lmbda)
         if problems:
             raise ConfigError(" ".join(problems))
-        self.text_prompts = TextPrompts(list(templates))
+        self.prompts = TextPrompts(list(templates))  # typed: never None here
+        self.text_prompts = self.prompts
         self.search = search
         self.beta_grid, self.lambda_grid = [float(v) for v in beta_grid], [float(v) for v in lambda_grid]
         self.init_beta, self.init_lambda = float(beta), float(lmbda)
@@ -170,7 +171,7 @@ class ProKeR(PromptLearner):
     # ----------------------------------------------------------------- class lists
     def set_classnames(self, clip: FrozenCLIP, classnames: list[str]) -> None:
         self.classnames = list(classnames)
-        text = self.text_prompts.class_embeddings(clip, classnames).double().to(self.support.device)
+        text = self.prompts.class_embeddings(clip, classnames).double().to(self.support.device)
         self.register_buffer("text_features", text, persistent=False)
         self._build_coef()
 
