@@ -3,7 +3,7 @@
 The YAML files of a group extend their schema: `conf/method/coop.yaml` starts with
 `- /schema/method@_here_: coop`, the logger files with `- /schema/logger@<name>: <name>`; the root
 `train.yaml` starts with `train_schema`, whose typed fields check model, dataset, protocol, trainer,
-paths and loader. The optimiser is a group of schemas only (`optimizer=sgd|adamw`), placed at
+paths and loader. The optimiser is a group of schemas only (`optimizer=sgd|adamw|adam`), placed at
 method.optim.optimizer.
 """
 
