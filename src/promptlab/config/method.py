@@ -87,6 +87,18 @@ class AdamWConf:
 
 
 @dataclass
+class AdamConf:
+    """Dassl's `adam` (torch.optim.Adam): L2 weight decay added to the gradient, not decoupled as AdamW's;
+    Dassl's default weight decay 5e-4 (TCP's reference also sets eps 1e-3, conf/method/tcp.yaml)."""
+
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 5e-4
+
+
+@dataclass
 class OptimConf:
     """Optimiser and schedule: Dassl's constant warm-up then cosine over `epochs`, stepped per epoch."""
 
@@ -132,4 +144,4 @@ class MethodConf:
     optim: OptimConf = field(default_factory=OptimConf)
     loader: MethodLoaderConf = field(default_factory=MethodLoaderConf)
 
-OPTIMIZER_SCHEMAS: dict[str, type] = {"sgd": SGDConf, "adamw": AdamWConf}
+OPTIMIZER_SCHEMAS: dict[str, type] = {"sgd": SGDConf, "adamw": AdamWConf, "adam": AdamConf}

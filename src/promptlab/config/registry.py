@@ -4,7 +4,7 @@ The YAML files of a group extend their schema: a method preset (`conf/method/tip
 with `- /schema/method@method: <name>`, and a registered method without a preset is stored in the `method`
 group as its dataclass; the logger files start with `- /schema/logger@<name>: <name>`; the root
 `train.yaml` starts with `train_schema`, whose typed fields check model, dataset, protocol, trainer,
-paths and loader. The optimiser is a group of schemas only (`optimizer=sgd|adamw`), placed at
+paths and loader. The optimiser is a group of schemas only (`optimizer=sgd|adamw|adam`), placed at
 method.optim.optimizer.
 """
 

@@ -26,6 +26,7 @@ from promptlab.config.method import (  # noqa: F401 - the shared method parts, i
     OPTIMIZER_SCHEMAS,
     PROMPT_DESCRIPTIONS_SHA256,
     PROMPT_TEMPLATES,
+    AdamConf,
     AdamWConf,
     Augment,
     AugmentBackend,

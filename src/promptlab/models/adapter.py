@@ -188,7 +188,7 @@ class ClipAdapter:
 
     # ------------------------------------------------------------ text encoding
     def encode_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor, truncate: bool,
-                          deep: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+                          deep: Sequence[torch.Tensor | None] = ()) -> torch.Tensor:
         """open_clip's text path on token embeddings in `tokenize`'s layout: projected, unnormalised [N, D].
 
         `truncate` runs only the first max(eot_index)+1 positions; callers pass it only where exact
@@ -209,15 +209,17 @@ class ClipAdapter:
 
 def encode_text_tower(
     text: TextTower, embeddings: torch.Tensor, index: torch.Tensor, truncate: bool, name: str = "model",
-    deep: Sequence[torch.Tensor] = (), prompt_start: int = 1,
+    deep: Sequence[torch.Tensor | None] = (), prompt_start: int = 1,
 ) -> torch.Tensor:
     """The text tower's forward from token embeddings [N, T, W] (the tokenizer's own layout), pooled at `index`
     for END_POOLS; projected, unnormalised [N, D]. Same operations, in the same order, as open_clip's
     `CLIP.encode_text` / `TextTransformer.forward`.
 
-    `deep`: deep text prompts, one [n, W] tensor per block 1..len(deep): before block i runs, positions
+    `deep`: deep text prompts, one entry per block 1..len(deep): before block i runs, positions
     prompt_start .. prompt_start+n-1 of the residual stream are replaced by deep[i-1] (MaPLe / IVLP; see
-    `run_prompted_blocks`). The block-0 prompts are part of `embeddings` (they get the positional embedding)."""
+    `run_prompted_blocks`), a [n, W] tensor shared by every sequence or [N, n, W] with one set per sequence
+    (TCP's class-aware tokens); None leaves block i's slots as the previous block wrote them. The block-0
+    prompts are part of `embeddings` (they get the positional embedding)."""
     length = embeddings.shape[1]
     if truncate:
         length = min(length, int(index.max()) + 1)
@@ -254,7 +256,8 @@ def encode_text_tower(
 #   slots are the last n tokens; deep prompts get no positional embedding, no ln_pre;
 # - pooling is unchanged (CLS token, EOT token), so the prompt tokens' outputs are discarded.
 def splice_text(x: torch.Tensor, prompts: torch.Tensor, start: int = 1) -> torch.Tensor:
-    """x [N, L, W] with positions start..start+n-1 replaced by `prompts` [n, W] (the same for every sequence)."""
+    """x [N, L, W] with positions start..start+n-1 replaced by `prompts`: [n, W] (the same for every sequence) or
+    [N, n, W] (one set per sequence)."""
     n = prompts.shape[-2]
     fresh = prompts.to(x.dtype).expand(x.shape[0], -1, -1)
     return torch.cat([x[:, :start], fresh, x[:, start + n :]], dim=1)
@@ -267,18 +270,20 @@ def splice_vision(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
 
 
 def run_prompted_blocks(
-    blocks: Sequence[nn.Module], x: torch.Tensor, deep: Sequence[torch.Tensor],
+    blocks: Sequence[nn.Module], x: torch.Tensor, deep: Sequence[torch.Tensor | None],
     splice: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], attn_mask: torch.Tensor | None = None,
     recompute_blocks: bool = False,
 ) -> torch.Tensor:
     """Run batch-first open_clip blocks; before block i (1 <= i <= len(deep)) `splice(x, deep[i-1])` replaces the
-    prompt slots. `recompute_blocks` recomputes each block's activations in backward (memory for compute)."""
+    prompt slots, unless deep[i-1] is None (tokens inserted at one deeper block only, as TCP's). `recompute_blocks`
+    recomputes each block's activations in backward (memory for compute)."""
     if len(deep) >= len(blocks):
         raise ConfigError(f"{len(deep) + 1} prompt depths asked for a tower of {len(blocks)} blocks: the depth counts "
                           f"the blocks that get fresh prompts, at most {len(blocks)}.")
     for i, block in enumerate(blocks):
-        if 1 <= i <= len(deep):
-            x = splice(x, deep[i - 1])
+        fresh = deep[i - 1] if 1 <= i <= len(deep) else None
+        if fresh is not None:
+            x = splice(x, fresh)
         if recompute_blocks and torch.is_grad_enabled():
             x = checkpoint(block, x, None, None, attn_mask, use_reentrant=False)
         else:

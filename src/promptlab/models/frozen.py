@@ -233,12 +233,13 @@ class FrozenCLIP(nn.Module):
         return self.adapter.eot_index(tokens)
 
     def encode_token_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
-                                deep: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+                                deep: Sequence[torch.Tensor | None] = ()) -> torch.Tensor:
         """Run the text transformer on token embeddings and pool at the EOT index.
 
         embeddings: [N, T, ctx_dim] with T <= context_length (prompt learners may already have cut the
-        sequence to the needed length); eot_index: [N]; deep: deep text prompts [n, ctx_dim] for blocks
-        1..len(deep), replacing the n slots after the start token (MaPLe, IVLP). Returns normalised
+        sequence to the needed length); eot_index: [N]; deep: deep text prompts [n, ctx_dim] (or [N, n, ctx_dim],
+        one set per prompt: TCP's class-aware tokens) for blocks 1..len(deep), replacing the n slots after the
+        start token (MaPLe, IVLP); a None entry leaves that block's slots as they are. Returns normalised
         embeddings [N, embed_dim].
         """
         feats = self.adapter.encode_embeddings(embeddings, eot_index, truncate=self.truncate_text, deep=deep)

@@ -60,7 +60,7 @@ NON_COLUMN_KEYS = frozenset(
 _KEY_ORDER = ("backbone", "shots", "n_ctx", "spurious")
 # Rows follow the papers' order where the keys are known (CoOp's dataset config names), then A-Z.
 # Text-prompt learners, then the deep / multi-modal ones (docs/deep_prompts.md), then the few-shot baselines.
-_METHOD_ORDER = ("zeroshot", "zero_shot", "zsclip", "coop", "cocoop", "kgcoop", "prograd", "vpt", "ivlp",
+_METHOD_ORDER = ("zeroshot", "zero_shot", "zsclip", "coop", "cocoop", "kgcoop", "tcp", "prograd", "vpt", "ivlp",
                  "ivlp_language", "maple", "promptsrc", "linear_probe", "clip_adapter", "tip_adapter",
                  "tip_adapter_f", "gda", "lp_pp", "proker")
 _DATASET_ORDER = (
