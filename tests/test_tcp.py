@@ -69,7 +69,7 @@ REFERENCE: dict = {
 
 @pytest.fixture(scope="module")
 def vit_clip() -> FrozenCLIP:
-    return FrozenCLIP(reference_sized_model(), open_clip.get_tokenizer("ViT-B-16"), checkpoint_id="random:tcp-b16")
+    return FrozenCLIP(reference_sized_model(), open_clip.get_tokenizer("ViT-B-16"), weights_id="random:tcp-b16")
 
 
 def build(clip: FrozenCLIP, **overrides) -> TCPPrompts:
