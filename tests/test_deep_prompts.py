@@ -4,7 +4,6 @@ image-through-learner module path and one toy-world run per method."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -523,8 +522,12 @@ def test_reference_defaults_on_a_vit_b16_give_the_reference_parameter_counts():
     def count(learner: torch.nn.Module) -> int:
         return sum(p.numel() for p in learner.parameters())
 
-    def build(conf_cls: type) -> torch.nn.Module:  # the schema's defaults, as a run would pass them
-        kwargs = {k: v for k, v in dataclasses.asdict(conf_cls()).items() if k != "_target_"}
+    def build(conf_cls: type) -> torch.nn.Module:  # the schema's defaults, as a run passes them
+        from omegaconf import OmegaConf
+
+        from promptlab.engine.build import learner_options
+
+        kwargs = learner_options(OmegaConf.create({"learner": OmegaConf.structured(conf_cls)}))
         return hydra.utils.get_class(conf_cls._target_)(vit, **kwargs)
 
     maple = build(MaPLeLearnerConf)
