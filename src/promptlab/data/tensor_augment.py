@@ -8,7 +8,7 @@ torchvision's ratio (3/4, 4/3), bicubic, then RandomHorizontalFlip(0.5), ToTenso
   h = round(sqrt(A / r)); the first try that fits (0 < w <= W, 0 < h <= H) is kept and its top-left corner
   drawn uniformly among the positions that fit; if none of the 10 fits, the centre crop of the whole image
   with its aspect ratio clamped into `ratio`. Here all 10 tries of all images are drawn at once and the
-  first fitting one is picked: the same distribution of boxes (tests/test_tensor_augment.py compares it with
+  first fitting one is picked: the same distribution of boxes (tests/data/test_tensor_augment.py compares it with
   torchvision's sampler), not the same random stream (the PIL path, `augment_backend=pil`, keeps that).
 - Resize: torchvision's `resized_crop` on the uint8 tensor (bicubic with antialiasing, which follows PIL's
   resampling filter), rounded back to uint8 as PIL's output is; equal to PIL's crop + resize up to a few

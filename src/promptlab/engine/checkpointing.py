@@ -8,7 +8,7 @@ the job's config hash, at the first epoch end `checkpoint.every_n_minutes` after
 default: a write costs about 10 ms, much of a toy-world epoch but nothing next to a real one), at every
 `checkpoint.every_n_epochs`-th epoch end when that is set, and after the last epoch. A rerun of the same job
 continues from it and ends with the same learned tensors as an uninterrupted run (bitwise on one CPU process:
-tests/test_checkpointing.py kills a run mid-way). Under DDP every rank restores rank 0's generator states.
+tests/engine/test_checkpointing.py kills a run mid-way). Under DDP every rank restores rank 0's generator states.
 
 Checkpoints are taken at epoch ends only: Lightning cannot restore a data loader's position inside an
 epoch, so a mid-epoch checkpoint would not resume exactly. A job interrupted mid-epoch loses that epoch.

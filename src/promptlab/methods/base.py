@@ -83,7 +83,7 @@ class PromptLearner(nn.Module):
 
     A method subclasses this (or one of its subclasses), overrides what differs from the defaults below, and
     registers itself with `@register_method(ItsMethodConf)` (promptlab.methods.registry). The engine reads only
-    the attributes and calls only the methods declared here (tests/test_method_contract.py checks that no module
+    the attributes and calls only the methods declared here (tests/methods/test_method_contract.py checks that no module
     probes a learner for anything else).
     """
 

@@ -7,7 +7,7 @@ puts around a text (start token or not, end token or not) and whether the vision
 Anything it cannot drive exactly is refused here, by model name and with the reason
 (`UnsupportedBackboneError`), instead of failing later or, worse, computing something else than
 `model.encode_text`. Every other promptlab module (FrozenCLIP, shared-prefix encoding, the prompt learners)
-goes through this description; the contract tests (tests/test_adapter_contract.py) pin it against
+goes through this description; the contract tests (tests/models/test_adapter_contract.py) pin it against
 `encode_text` / `encode_image` of tiny instances of every open_clip family, so a change of open_clip's
 internals fails there loudly.
 

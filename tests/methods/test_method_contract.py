@@ -18,7 +18,7 @@ from promptlab.methods.registry import registered_methods
 from promptlab.train import execute
 from tests.runs import TINY_WORLD, compose_cfg, workspace_overrides
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "promptlab"
+SRC = Path(__file__).resolve().parents[2] / "src" / "promptlab"
 NAMES = ["red circle", "blue square", "green star"]
 PROBES = ("getattr", "hasattr")
 
@@ -57,7 +57,7 @@ def test_every_registered_method_builds_and_takes_a_training_step(name: str, ran
     assert feats.shape == (2, random_clip.embed_dim)
     if learner.direct_logits:
         if learner.fits_features:
-            return  # scored after its closed-form fit (tests/test_baselines.py)
+            return  # scored after its closed-form fit (tests/methods/test_baselines.py)
         text, logits = None, learner.logits(random_clip, feats)
     else:
         text = learner(random_clip, feats).float()
@@ -118,7 +118,7 @@ from promptlab.methods.registry import register_method, unregister_method  # noq
 
 @dataclass
 class AnchoredLearnerConf(CoOpLearnerConf):
-    _target_: str = "tests.test_method_contract.AnchoredPrompts"
+    _target_: str = "tests.methods.test_method_contract.AnchoredPrompts"
     n_ctx: int = 4
     weight: float = 1.0
 

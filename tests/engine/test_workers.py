@@ -10,7 +10,7 @@ from promptlab.config.schema import LoaderConf
 from promptlab.data.types import EvalSet
 from promptlab.engine import workers as machine
 from promptlab.engine.datamodule import PromptDataModule
-from tests.test_decoded_cache import write_items
+from tests.data.test_decoded_cache import write_items
 
 
 def test_the_automatic_rule(monkeypatch):

@@ -1,6 +1,6 @@
 """TCP (promptlab/methods/tcp.py) against its reference, htyao89/Textual-based_Class-aware_prompt_tuning @ bd97bec:
 layout and parameter count on a ViT-B/16-sized text tower, the class-aware tokens against a hand-built MLP, the
-loss terms, the reference module's own outputs (REFERENCE, from tests/tcp_reference_values.py), novel classes,
+loss terms, the reference module's own outputs (REFERENCE, from tests/methods/tcp_reference_values.py), novel classes,
 and a toy-world run."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def fill_learned(params: dict[str, torch.nn.Parameter]) -> None:
         params[name].copy_(0.05 * torch.randn(params[name].shape, generator=generator))
 
 
-# python tests/tcp_reference_values.py <checkout of htyao89/Textual-based_Class-aware_prompt_tuning @ bd97bec6>
+# python tests/methods/tcp_reference_values.py <checkout of htyao89/Textual-based_Class-aware_prompt_tuning @ bd97bec6>
 # (torch 2.x, open_clip 3.3.0, CPU, fp32): the reference's PromptLearner / TextEncoder / CustomCLIP on the case above.
 REFERENCE: dict = {
     "n_params": 331904,

@@ -1,11 +1,11 @@
-"""Print the reference TCP's outputs for the fixed case of tests/test_tcp.py (REFERENCE there holds them).
+"""Print the reference TCP's outputs for the fixed case of tests/methods/test_tcp.py (REFERENCE there holds them).
 
     git clone https://github.com/htyao89/Textual-based_Class-aware_prompt_tuning /tmp/tcp_ref   # at bd97bec
-    PYTHONPATH=src python tests/tcp_reference_values.py /tmp/tcp_ref
+    PYTHONPATH=src python tests/methods/tcp_reference_values.py /tmp/tcp_ref
 
 It builds the reference's own modules from that checkout, trainers/tcp.py (PromptLearner, TextEncoder,
 CustomCLIP) on trainers/clip_text/model.py (CLIP, ResidualAttentionBlock_MaPLe), with the text weights of
-tests/test_tcp.py's random ViT-B/16-sized text tower. What is patched for a CPU without Dassl, and nothing else:
+tests/methods/test_tcp.py's random ViT-B/16-sized text tower. What is patched for a CPU without Dassl, and nothing else:
 - the `dassl.*` imports are stand-ins (only the trainer class and its registry decorator use them), and so is
   `pkg_resources` (clip/clip.py, imported by trainers/tcp.py as clip_ori and unused, reads its `packaging`);
 - `Tensor.cuda` / `Module.cuda` return their input (PromptLearner.__init__: `clip_model_.cuda()`,
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.test_tcp import (  # noqa: E402 - after the path
+from tests.methods.test_tcp import (  # noqa: E402 - after the path
     CLASSNAMES,
     IMAGE_FEATURES,
     LABELS,

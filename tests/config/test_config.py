@@ -25,7 +25,7 @@ from tests.runs import compose_cfg, run_cli, tiny_overrides
 CONF = Path(promptlab.__file__).parent / "conf"
 SRC = Path(promptlab.__file__).parent
 # Groups whose options are selected on their own; method_dataset is picked by ${method}_${dataset},
-# method_experiment by ${method}_${experiment} (tests/test_presets.py composes those).
+# method_experiment by ${method}_${experiment} (tests/config/test_presets.py composes those).
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 

@@ -1,6 +1,6 @@
 """The hparams_search configs (Optuna via Hydra): each composes, selects its method, and every searched parameter is a
 valid override at both ends of its range, with the reference's default inside it. No Optuna run here (the slow
-suite runs one: tests/test_validation.py)."""
+suite runs one: tests/engine/test_validation.py)."""
 
 from __future__ import annotations
 

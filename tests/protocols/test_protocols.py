@@ -27,7 +27,7 @@ from promptlab.results.metrics import harmonic_mean
 
 SHIPPED = ("base2novel", "fewshot", "cross_dataset", "domain_generalization")  # the papers' order
 
-PROTOCOLS_DIR = Path(__file__).resolve().parent.parent / "src" / "promptlab" / "protocols"
+PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "src" / "promptlab" / "protocols"
 
 
 def _eval(name: str, n_correct: int, n_images: int, acc: float | None = None, dataset: str = "toy") -> dict:

@@ -20,7 +20,7 @@ from promptlab.data.image_dataset import ImageDataset
 from promptlab.data.tensor_augment import TensorAugment, sample_boxes
 from promptlab.data.transforms import RRC_RATIO, RRC_SCALE, build_transform
 from promptlab.engine.datamodule import PromptDataModule
-from tests.test_decoded_cache import textured_image, write_items
+from tests.data.test_decoded_cache import textured_image, write_items
 
 N = 8000
 

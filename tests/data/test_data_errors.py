@@ -143,7 +143,7 @@ def test_corrupt_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
 
 
 def test_image_broken_after_the_skip_check_still_fails_clearly(tmp_path: Path) -> None:
-    # on_error=skip decodes every image when the dataset is built (tests/test_data_faults.py); a file that is
+    # on_error=skip decodes every image when the dataset is built (tests/data/test_data_faults.py); a file that is
     # damaged afterwards (during the run) must still fail with its path and what to do.
     path = tmp_path / "later.jpg"
     Image.effect_noise((64, 64), 100).convert("RGB").save(path, format="JPEG")

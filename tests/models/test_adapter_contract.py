@@ -27,7 +27,7 @@ from promptlab.models.adapter import END_POOLS, UnsupportedBackboneError, encode
 from promptlab.models.frozen import FrozenCLIP
 from promptlab.models.support import build_tiny, markdown, model_class, tiny_config, vision_kind
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["a photo of a dog.", "x", "a small red bird on a branch", "two cats"]
 CLASSNAMES = ["dog", "red bird", "cat"]
 
