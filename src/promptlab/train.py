@@ -46,7 +46,7 @@ from promptlab.engine.module import PromptLearningModule
 from promptlab.engine.run import DDP_STRATEGIES, gpu_for_job, is_multirun, job_devices  # noqa: F401 - re-exported
 from promptlab.errors import ConfigError
 from promptlab.logs import quiet_libraries
-from promptlab.methods.base import PromptLearner
+from promptlab.methods.base import PromptLearner, tuned_on
 from promptlab.results.records import (
     STATUS_COMPLETE,
     STATUS_INTERRUPTED,
@@ -162,8 +162,10 @@ def execute(cfg: DictConfig, run_dir: Path, config_digest: str | None = None) ->
     training = module.loss_terms_logged() if plan.trains else {}
     summary = summary_of(cfg, epochs if learner.trainable else 0, learner=learner,
                          precision=str(trainer.precision), lr=effective_lr(cfg.method) if learner.trainable else None)
+    tuned = steps.tuning(learner, plan)
     fields = {
-        "summary": {**summary, **fitted.summary},
+        "summary": {**summary, **fitted.summary, "tuned_on": tuned_on(tuned)},
+        "tuning": tuned,
         "metrics": steps.protocol_metrics(choice(cfg.protocol.name), evaluations),
         "evaluations": evaluations,
         "timings": {"total_s": time.perf_counter() - t_start, "setup_s": t_setup - t_start, "fit_s": fit_s,
@@ -230,8 +232,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = job.record(cfg, STATUS_COMPLETE, summary=fields["summary"], metrics=fields["metrics"],
                         evaluations=fields["evaluations"], timings=fields["timings"], notes=fields["notes"],
                         backbone=objects.parts.clip.record())
-    # What ran: the validation, the optimised loss and its terms, worker processes per image loader.
-    for key in ("validation", "training", "loader_workers"):
+    # What ran: the validation, the optimised loss and its terms, worker processes per image loader, and each
+    # tuned value with the data it was chosen on (`tuning`; the summary's `tuned_on` is the strongest source).
+    for key in ("validation", "training", "loader_workers", "tuning"):
         record[key] = fields[key]
     if objects.trainer.is_global_zero:
         _finish(cfg, job, record, objects)

@@ -188,6 +188,9 @@ def test_tip_adapter_f_can_select_its_epoch_on_test_and_says_so(tmp_path) -> Non
                               "method.optim.epochs=2", "method.learner.select_on_test=true", "run_name=t"]))
     assert record["summary"]["epoch_selected_on"] == "test"
     assert any("EPOCH SELECTED ON THE TEST SET" in note for note in record["notes"])
+    # Where each tuned value came from, as data: the epoch on test, alpha and beta on the few-shot val split.
+    assert record["tuning"] == {"alpha": "few-shot val", "beta": "few-shot val", "epoch": "test"}
+    assert record["summary"]["tuned_on"] == "test"
 
 
 @pytest.fixture(scope="module")

@@ -167,14 +167,14 @@ def test_without_epoch_selection_no_validation_data_is_read(random_clip) -> None
     blind = FitFeatures(train=data.train, train_labels=data.train_labels, val=_Untouchable(), val_labels=_Untouchable())
     learner = _learner(random_clip, select_epoch=False, epochs=30)
     chosen = learner.fit_features(random_clip, blind)
-    assert chosen["tuned_on"] == "none" and chosen["lp_pp_selected_epoch"] == 30 and "lp_pp_val_acc" not in chosen
+    assert learner.tuned_values() == {} and chosen["lp_pp_selected_epoch"] == 30 and "lp_pp_val_acc" not in chosen
     # The same as the loop run by hand from the learner's own start.
     x = F.normalize(data.train.double(), dim=-1)
     start = learner.initial_state(x, data.train_labels)
     z = x @ learner.text_features.t()
     expected = train(x, data.train_labels, learner.text_features, start, 30, (lr_weight(x), lr_alpha(z)))
     assert torch.allclose(learner.weight, expected.weight) and torch.allclose(learner.alpha, expected.alpha)
-    assert learner.summary()["tuned_on"] == "none" and any("no validation data read" in n for n in learner.notes())
+    assert any("no validation data read" in n for n in learner.notes())
 
 
 def test_the_epoch_kept_is_the_last_with_the_best_val_accuracy(random_clip) -> None:
@@ -184,7 +184,7 @@ def test_the_epoch_kept_is_the_last_with_the_best_val_accuracy(random_clip) -> N
     history = learner.val_history
     best = max(history)
     assert chosen["lp_pp_selected_epoch"] == len(history) - history[::-1].index(best)
-    assert chosen["lp_pp_val_acc"] == pytest.approx(best) and chosen["tuned_on"] == "few-shot val (epoch)"
+    assert chosen["lp_pp_val_acc"] == pytest.approx(best) and learner.tuned_values() == {"epoch": "few-shot val"}
     # The kept state scores val at that accuracy; the learner's logits are the blended formula.
     val = F.normalize(data.val.double(), dim=-1)
     pred = learner.logits(random_clip, val.float()).argmax(dim=-1)
@@ -230,7 +230,8 @@ def test_lp_pp_runs_base_to_novel_on_the_toy_world_and_writes_a_record(tmp_path)
     novel = next(e for e in record["evaluations"] if e["name"] == "novel")
     assert novel["not_applicable"] == LPPlusPlus.unseen_classes_reason
     summary = record["summary"]
-    assert summary["tuned_on"] == "few-shot val (epoch)" and 1 <= summary["lp_pp_selected_epoch"] <= 300
+    assert summary["tuned_on"] == "few-shot val" and 1 <= summary["lp_pp_selected_epoch"] <= 300
+    assert record["tuning"] == {"epoch": "few-shot val"}
     assert summary["lp_pp_lr_w"] > 0 and summary["lp_pp_lr_alpha"] > 0
     assert any("LP++: step sizes" in note for note in record["notes"])
     saved = json.loads((tmp_path / "outputs" / "runs" / "lp_pp" / "metrics.json").read_text())

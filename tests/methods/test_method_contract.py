@@ -13,7 +13,15 @@ import torch
 from promptlab.api import PromptClassifier, load_prompt
 from promptlab.config import compose
 from promptlab.engine.build import build_learner
-from promptlab.methods.base import Loss, PromptLearner, RunContext, TrainingStep, logits_from_features
+from promptlab.methods.base import (
+    TUNING_SOURCES,
+    Loss,
+    PromptLearner,
+    RunContext,
+    TrainingStep,
+    logits_from_features,
+    tuned_on,
+)
 from promptlab.methods.registry import registered_methods
 from promptlab.train import execute
 from tests.runs import TINY_WORLD, compose_cfg, workspace_overrides
@@ -89,6 +97,10 @@ def test_every_registered_method_runs_and_its_saved_tensors_reload_bit_identical
 
     assert fields["summary"]["method"] == name
     assert learner.summary().items() <= fields["summary"].items()
+    # Where each tuned value's data came from, and the strongest source in the summary (a table column).
+    assert set(fields["tuning"].values()) <= set(TUNING_SOURCES[1:])
+    assert learner.tuned_values().items() <= fields["tuning"].items()
+    assert fields["summary"]["tuned_on"] == tuned_on(fields["tuning"])
     evaluations = {e["name"]: e for e in fields["evaluations"]}
     assert evaluations["base"]["n_images"] > 0 and 0.0 <= evaluations["base"]["acc"] <= 100.0
     if learner.scores_unseen_classes:

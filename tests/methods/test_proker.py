@@ -139,7 +139,7 @@ def test_the_learner_scores_the_closed_form_and_records_where_its_values_came_fr
     data = _fit_data(random_clip.embed_dim)
     learner = _learner(random_clip)
     chosen = learner.fit_features(random_clip, data)
-    assert chosen["tuned_on"] == "few-shot val (beta, lambda)" and "proker_val_acc" in chosen
+    assert learner.tuned_values() == {"beta": "few-shot val", "lambda": "few-shot val"} and "proker_val_acc" in chosen
     assert chosen["proker_beta"] in linspace_grid([0.5, 3, 6])
     assert chosen["proker_lambda"] in linspace_grid([0.01, 1, 5])
     assert learner.summary()["proker_beta"] == chosen["proker_beta"]
@@ -158,7 +158,7 @@ def test_without_the_search_no_validation_data_is_read(random_clip) -> None:
     blind = FitFeatures(train=data.train, train_labels=data.train_labels, val=_Untouchable(), val_labels=_Untouchable())
     learner = _learner(random_clip, search=False, beta=2.0, lmbda=0.3)
     chosen = learner.fit_features(random_clip, blind)
-    assert chosen == {"proker_beta": 2.0, "proker_lambda": 0.3, "tuned_on": "none"}
+    assert chosen == {"proker_beta": 2.0, "proker_lambda": 0.3} and learner.tuned_values() == {}
     assert any("no validation data read" in note for note in learner.notes())
 
 
@@ -205,7 +205,8 @@ def test_proker_runs_base_to_novel_on_the_toy_world_and_writes_a_record(tmp_path
     assert record["status"] == "complete"
     assert top1_metrics(record["metrics"]) == {"base_acc", "novel_acc", "hm"}
     summary = record["summary"]
-    assert summary["tuned_on"] == "few-shot val (beta, lambda)" and summary["proker_lambda"] > 0
+    assert summary["tuned_on"] == "few-shot val" and summary["proker_lambda"] > 0
+    assert record["tuning"] == {"beta": "few-shot val", "lambda": "few-shot val"}
     assert any("ProKeR: beta=" in note for note in record["notes"])
     saved = json.loads((tmp_path / "outputs" / "runs" / "proker" / "metrics.json").read_text())
     assert saved["metrics"] == record["metrics"]

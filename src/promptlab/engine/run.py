@@ -89,6 +89,17 @@ def training_plan(cfg: DictConfig, learner: PromptLearner, parts: RunParts, epoc
     return TrainingPlan(epochs, trains, validating, every_val, selector, job_devices(cfg))
 
 
+def tuning(learner: PromptLearner, plan: TrainingPlan) -> dict[str, str]:
+    """The run's tuned values and where their data came from: the learner's own (`tuned_values`) and, when the
+    engine keeps the best epoch of a training run, the epoch (on the test set only for the labelled reproduction
+    option of Tip-Adapter-F)."""
+    values = dict(learner.tuned_values())
+    if plan.selector is not None:
+        on_test = learner.selects_epoch and learner.selection_split == "test"
+        values["epoch"] = "test" if on_test else "few-shot val"
+    return values
+
+
 def resume_state(cfg: DictConfig, run_dir: Path, plan: TrainingPlan, config_digest: str | None) -> Resume:
     """With the resume hash and checkpoint.enabled, training writes `last.ckpt` at epoch ends and, with
     resume=true, continues from one this config left behind."""

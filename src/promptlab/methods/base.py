@@ -78,6 +78,15 @@ class Loss:
         return self.surrogate if self.surrogate is not None else self.total
 
 
+#: Where a tuned value's data came from, from none to the one a paper must disclose most (the run's `tuned_on`).
+TUNING_SOURCES = ("none", "few-shot val", "full val", "test")
+
+
+def tuned_on(values: dict[str, str]) -> str:
+    """The strongest source among a run's tuned values ("none" when there are none)."""
+    return max(values.values(), key=TUNING_SOURCES.index, default="none")
+
+
 class PromptLearner(nn.Module):
     """The method contract: everything the engine, the records and the tools ask of a method.
 
@@ -199,6 +208,12 @@ class PromptLearner(nn.Module):
         return {}
 
     # ----------------------------------------------------------------- what the record says
+    def tuned_values(self) -> dict[str, str]:
+        """Each value this learner chose by looking at data other than its training split, and which data:
+        "few-shot val", "full val" or "test" (TUNING_SOURCES). {} when nothing is tuned (validation-free). The
+        engine adds "epoch" when it keeps the best epoch of a training run. Valid after the fit."""
+        return {}
+
     def summary(self) -> dict[str, Any]:
         """The learner's part of the run record's summary: what ran (the effective context length, the prompts)."""
         out: dict[str, Any] = {}

@@ -312,6 +312,9 @@ class GDA(PromptLearner):
         self.val_acc = 100.0 * correct / labels.numel()
 
     # ----------------------------------------------------------------- what the record says
+    def tuned_values(self) -> dict[str, str]:
+        return {"alpha": "few-shot val"} if self.search else {}
+
     def summary(self) -> dict[str, Any]:
         out = super().summary()
         out.update(self.chosen())

@@ -176,6 +176,9 @@ class LinearProbe(PromptLearner):
         self.fitted_classnames = list(self.classnames)
         return {"linear_probe_c": chosen, "linear_probe_val_acc": 100.0 * dict(trace)[chosen]}
 
+    def tuned_values(self) -> dict[str, str]:
+        return {"C": "few-shot val"}  # always searched on the few-shot val split (the reference's rule)
+
     def _store(self, clf: Any, n_classes: int) -> None:
         coef = torch.as_tensor(clf.coef_, dtype=torch.float64)
         intercept = torch.as_tensor(clf.intercept_, dtype=torch.float64)

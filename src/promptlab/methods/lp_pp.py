@@ -251,7 +251,6 @@ class LPPlusPlus(PromptLearner):
         self.weight, self.bias, self.alpha = final.weight, final.bias, final.alpha
         self.fitted_classnames = list(self.classnames)
         self.fit_info["lp_pp_alpha_mean"] = float(self.alpha.mean())
-        self.fit_info["tuned_on"] = "few-shot val (epoch)" if self.select_epoch else "none"
         return dict(self.fit_info)
 
     def _train_selecting(self, features: torch.Tensor, labels: torch.Tensor, start: LPPPState,
@@ -280,6 +279,9 @@ class LPPlusPlus(PromptLearner):
         return best["state"]
 
     # ----------------------------------------------------------------- what the record says
+    def tuned_values(self) -> dict[str, str]:
+        return {"epoch": "few-shot val"} if self.select_epoch else {}
+
     def summary(self) -> dict[str, Any]:
         out = super().summary()
         out.update(self.fit_info)

@@ -229,13 +229,15 @@ class ProKeR(PromptLearner):
         return beta, lmbda
 
     def chosen(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"proker_beta": self.beta, "proker_lambda": self.lmbda,
-                               "tuned_on": "few-shot val (beta, lambda)" if self.search else "none"}
+        out: dict[str, Any] = {"proker_beta": self.beta, "proker_lambda": self.lmbda}
         if self.val_acc is not None:
             out["proker_val_acc"] = self.val_acc
         return out
 
     # ----------------------------------------------------------------- what the record says
+    def tuned_values(self) -> dict[str, str]:
+        return {"beta": "few-shot val", "lambda": "few-shot val"} if self.search else {}
+
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), **self.chosen()}
 

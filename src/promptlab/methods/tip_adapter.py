@@ -220,6 +220,9 @@ class TipAdapter(PromptLearner):
     def chosen(self) -> dict[str, Any]:
         return {"tip_alpha": self.alpha, "tip_beta": self.beta}
 
+    def tuned_values(self) -> dict[str, str]:
+        return {"alpha": "few-shot val", "beta": "few-shot val"} if self.search else {}
+
     @torch.no_grad()
     def search_hyperparameters(self, data: FitFeatures) -> dict[str, Any]:
         """The reference's grid over beta (outer) and alpha (inner), keeping the first strict maximum of val
