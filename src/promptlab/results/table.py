@@ -62,7 +62,7 @@ _KEY_ORDER = ("backbone", "shots", "n_ctx", "spurious")
 # Text-prompt learners, then the deep / multi-modal ones (docs/deep_prompts.md), then the few-shot baselines.
 _METHOD_ORDER = ("zeroshot", "zero_shot", "zsclip", "coop", "cocoop", "kgcoop", "tcp", "prograd", "vpt", "ivlp",
                  "ivlp_language", "maple", "promptsrc", "linear_probe", "clip_adapter", "tip_adapter",
-                 "tip_adapter_f", "gda", "lp_pp", "proker")
+                 "tip_adapter_f", "gda", "lp_pp", "proker", "clap")
 _DATASET_ORDER = (
     "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
     "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
