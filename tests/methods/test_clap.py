@@ -284,3 +284,10 @@ def test_clap_runs_base_to_novel_on_the_toy_world_and_writes_a_record(tmp_path) 
     assert any("CLAP (class-wise constraint)" in note for note in record["notes"])
     saved = json.loads((tmp_path / "outputs" / "runs" / "clap" / "metrics.json").read_text())
     assert saved["metrics"] == record["metrics"]
+
+
+def test_imagenet_gets_the_reference_templates() -> None:
+    # CoOp's seven IMAGENET_TEMPLATES_SELECT and the dataset's template (conf/method_dataset/clap_imagenet.yaml).
+    cfg = compose(["method=clap", "dataset=imagenet"])
+    assert len(cfg.method.learner.templates) == 8 and cfg.method.learner.templates[-1] == "a photo of a {}."
+    assert list(compose(["method=clap", "dataset=dtd"]).method.learner.templates) == ["{} texture."]
