@@ -1,7 +1,7 @@
 """CLAP (a zero-shot-initialised linear probe with class-wise constraints, CVPR 2024): the multipliers, the penalty,
 the outer step and the schedule against numpy and against values the reference code produced, the loop against a
-hand-computed one, the init is the zero-shot classifier, the constraint pulls toward it, no validation read, and a
-toy-world run."""
+hand-computed one and against 300 epochs of the reference's own loop, the init is the zero-shot classifier, the
+constraint pulls toward it, no validation read, and a toy-world run."""
 
 from __future__ import annotations
 
@@ -130,6 +130,56 @@ def test_the_rules_reproduce_the_reference_code() -> None:
     np.testing.assert_allclose(rho2.numpy(), REFERENCE["outer2_rho"], rtol=1e-5)
     for epoch, lr in REFERENCE_LR.items():
         assert epoch_lr(epoch, 0.1, 300) == pytest.approx(lr, rel=1e-9)
+
+
+def _loop_toy() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """20 views of 4 shots of 3 classes (views-major, as the flattened cache), float32: 240 samples, one batch."""
+    rs = np.random.RandomState(5)
+    means = rs.randn(3, 8)
+    x = np.concatenate([np.concatenate([means[c] + rs.randn(4, 8) for c in range(3)]) for _ in range(20)])
+    text = 3.0 * (means + 0.8 * rs.randn(3, 8))
+    return (torch.from_numpy(x.astype(np.float32)), torch.from_numpy(np.tile(np.repeat(np.arange(3), 4), 20)),
+            torch.from_numpy(text.astype(np.float32)))
+
+
+# Produced by the reference's own loop, jusiro/CLAP at dbdf4095b3d824546474c725539b9f4efff3ca0e, on CPU in float32 on
+# `_loop_toy()`: AdapterMethod (INIT=ZS, CONSTRAINT=l2, then l2_adaptative) and CustomCLIP.forward_lp,
+# init_lagrangian_multipliers on the zero-shot logits of all 240 samples, then 300 x TrainerXCostume.run_epoch
+# (ADAPTER.forward_backward, PREC fp32; len(train_loader_x) = 1 batch of 256) with torch.optim.SGD(lr 0.1, momentum 0.9,
+# weight decay 0) and dassl's build_lr_scheduler for configs/trainers/SGD_lr1e-1_B256_ep300.yaml stepped after each
+# epoch, and outer_step() after each epoch for l2_adaptative (dassl's trainer plumbing stubbed: logging, meters).
+REFERENCE_LOOP = {
+    "multipliers0": [0.9614030718803406, 0.8251283764839172, 0.9753325581550598],
+    "l2_prototypes": [
+        [1.168989658355713, 0.8918460011482239, 8.693246841430664, -1.478092074394226,
+         -1.1346021890640259, 1.6303669214248657, 0.03675265610218048, -5.804174423217773],
+        [-0.4272402822971344, -3.881742477416992, -5.292802810668945, -3.9143238067626953,
+         -1.80985689163208, 3.2823147773742676, -6.9193267822265625, -2.7156262397766113],
+        [3.546816825866699, 4.304081916809082, -0.6521169543266296, -0.7533410787582397,
+         -4.563905239105225, -0.8139481544494629, -2.1724443435668945, -1.861289381980896],
+    ],
+    "adaptive_prototypes": [
+        [1.1714603900909424, 0.8924548029899597, 8.690366744995117, -1.4763919115066528,
+         -1.1338152885437012, 1.623199224472046, 0.04488009214401245, -5.810733318328857],
+        [-0.47881096601486206, -3.9925379753112793, -5.276888370513916, -3.9926505088806152,
+         -1.7139317989349365, 3.335693836212158, -6.857126712799072, -2.639073610305786],
+        [3.500483751296997, 4.27337646484375, -0.6683470010757446, -0.7039669752120972,
+         -4.580921173095703, -0.7651255130767822, -2.304658889770508, -1.8760075569152832],
+    ],
+    "adaptive_multipliers": [1.0820122957229614, 1.9185484647750854, 1.9505162239074707],
+}
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_300_epochs_reproduce_the_reference_loop(adaptive: bool) -> None:
+    x, y, text = _loop_toy()
+    lam = init_multipliers(clap_logits(x, text, 100.0), y, 3)
+    np.testing.assert_allclose(lam.numpy(), REFERENCE_LOOP["multipliers0"], rtol=1e-6)
+    got = train(x, y, text, lam, 100.0, CLAPSchedule(adaptive=adaptive), 12, torch.Generator().manual_seed(0))
+    key = "adaptive" if adaptive else "l2"
+    np.testing.assert_allclose(got.prototypes.numpy(), REFERENCE_LOOP[f"{key}_prototypes"], rtol=1e-5, atol=1e-5)
+    expected_lam = REFERENCE_LOOP["adaptive_multipliers"] if adaptive else REFERENCE_LOOP["multipliers0"]
+    np.testing.assert_allclose(got.multipliers.numpy(), expected_lam, rtol=1e-5)
 
 
 def test_an_epoch_has_as_many_batches_as_the_support_images_fill() -> None:
