@@ -274,7 +274,7 @@ def test_the_fit_reads_no_validation_data_and_the_constraint_keeps_it_nearer(ran
     blind = FitFeatures(train=data.train, train_labels=data.train_labels, val=_Untouchable(), val_labels=_Untouchable())
     clap = _learner(random_clip, epochs=40)
     chosen = clap.fit_features(random_clip, blind)
-    assert chosen["tuned_on"] == "none" and clap.summary()["tuned_on"] == "none"
+    assert clap.tuned_values() == {} and "clap_val_acc" not in chosen
     assert chosen["clap_batches_per_epoch"] == 1 and chosen["clap_samples"] == 12
     assert any("no validation data read" in note for note in clap.notes())
     # The multipliers are the zero-shot rule on the support set; W is the loop run by hand from the learner's init.
@@ -329,7 +329,8 @@ def test_clap_runs_base_to_novel_on_the_toy_world_and_writes_a_record(tmp_path) 
     novel = next(e for e in record["evaluations"] if e["name"] == "novel")
     assert novel["not_applicable"] == CLAP.unseen_classes_reason
     summary = record["summary"]
-    assert summary["tuned_on"] == "none" and summary["clap_epochs"] == 20 and summary["clap_constraint"] is True
+    assert record["tuning"] == {} and summary["tuned_on"] == "none"
+    assert summary["clap_epochs"] == 20 and summary["clap_constraint"] is True
     assert 0.0 < summary["clap_multiplier_init_mean"] <= 1.0 and math.isfinite(summary["clap_distance_mean"])
     assert any("CLAP (class-wise constraint)" in note for note in record["notes"])
     saved = json.loads((tmp_path / "outputs" / "runs" / "clap" / "metrics.json").read_text())
