@@ -166,6 +166,7 @@ def execute(cfg: DictConfig, run_dir: Path, config_digest: str | None = None) ->
     fields = {
         "summary": {**summary, **fitted.summary, "tuned_on": tuned_on(tuned)},
         "tuning": tuned,
+        "fit": learner.fitted_values(),
         "metrics": steps.protocol_metrics(choice(cfg.protocol.name), evaluations),
         "evaluations": evaluations,
         "timings": {"total_s": time.perf_counter() - t_start, "setup_s": t_setup - t_start, "fit_s": fit_s,
@@ -233,8 +234,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                         evaluations=fields["evaluations"], timings=fields["timings"], notes=fields["notes"],
                         backbone=objects.parts.clip.record())
     # What ran: the validation, the optimised loss and its terms, worker processes per image loader, and each
-    # tuned value with the data it was chosen on (`tuning`; the summary's `tuned_on` is the strongest source).
-    for key in ("validation", "training", "loader_workers", "tuning"):
+    # tuned value with the data it was chosen on (`tuning`; the summary's `tuned_on` is the strongest source), and
+    # what the fit chose from data (`fit`).
+    for key in ("validation", "training", "loader_workers", "tuning", "fit"):
         record[key] = fields[key]
     if objects.trainer.is_global_zero:
         _finish(cfg, job, record, objects)

@@ -142,7 +142,7 @@ def test_alpha_is_searched_on_val_by_the_reference_rule(random_clip) -> None:
     data = _fit_data(random_clip.embed_dim)
     gda = _learner(random_clip)
     chosen = gda.fit_features(random_clip, data)
-    assert chosen["gda_alpha"] in REFERENCE_ALPHAS and gda.summary()["gda_alpha"] == chosen["gda_alpha"]
+    assert chosen["gda_alpha"] in REFERENCE_ALPHAS and gda.fitted_values()["gda_alpha"] == chosen["gda_alpha"]
     best = None  # brute force over the grid: the first value with the most correct val images
     for alpha in REFERENCE_ALPHAS:
         gda.alpha = alpha
@@ -199,7 +199,7 @@ def test_gda_runs_base_to_novel_on_the_toy_world_and_writes_a_record(tmp_path) -
     record = run(compose_cfg([*tiny_overrides(tmp_path), "method=gda", "run_name=gda"]))
     assert record["status"] == "complete"
     assert top1_metrics(record["metrics"]) == {"base_acc", "novel_acc", "hm"}
-    assert record["summary"]["gda_alpha"] in (*REFERENCE_ALPHAS, REFERENCE_ALPHA)
+    assert record["fit"]["gda_alpha"] in (*REFERENCE_ALPHAS, REFERENCE_ALPHA) and "gda_alpha" not in record["summary"]
     assert any("gda_alpha=" in note for note in record["notes"])
     saved = json.loads((tmp_path / "outputs" / "runs" / "gda" / "metrics.json").read_text())
     assert saved["metrics"] == record["metrics"]

@@ -230,9 +230,9 @@ def test_lp_pp_runs_base_to_novel_on_the_toy_world_and_writes_a_record(tmp_path)
     novel = next(e for e in record["evaluations"] if e["name"] == "novel")
     assert novel["not_applicable"] == LPPlusPlus.unseen_classes_reason
     summary = record["summary"]
-    assert summary["tuned_on"] == "few-shot val" and 1 <= summary["lp_pp_selected_epoch"] <= 300
+    assert summary["tuned_on"] == "few-shot val" and 1 <= record["fit"]["lp_pp_selected_epoch"] <= 300
     assert record["tuning"] == {"epoch": "few-shot val"}
-    assert summary["lp_pp_lr_w"] > 0 and summary["lp_pp_lr_alpha"] > 0
+    assert record["fit"]["lp_pp_lr_w"] > 0 and record["fit"]["lp_pp_lr_alpha"] > 0 and "lp_pp_lr_w" not in summary
     assert any("LP++: step sizes" in note for note in record["notes"])
     saved = json.loads((tmp_path / "outputs" / "runs" / "lp_pp" / "metrics.json").read_text())
     assert saved["metrics"] == record["metrics"]

@@ -22,7 +22,7 @@ from promptlab.methods.base import (
     logits_from_features,
     tuned_on,
 )
-from promptlab.methods.registry import registered_methods
+from promptlab.methods.registry import learner_class, registered_methods
 from promptlab.train import execute
 from tests.runs import TINY_WORLD, compose_cfg, workspace_overrides
 
@@ -118,6 +118,24 @@ def test_every_registered_method_runs_and_its_saved_tensors_reload_bit_identical
     learner.eval()
     images = torch.randn(3, 3, live.clip.image_size, live.clip.image_size, generator=torch.Generator().manual_seed(0))
     assert torch.equal(live.logits(images), reloaded.logits(images))
+
+
+FITTED = sorted(name for name, spec in registered_methods().items()
+                if learner_class(compose([f"method={name}"], check=False).method).fits_features)
+
+
+@pytest.mark.parametrize("name", FITTED)
+def test_a_fitted_methods_seeds_make_one_table_row(name: str, toy_runs: Path) -> None:
+    """What a fit chooses from data (a searched alpha, the epoch kept) goes to the record's `fit`, not to the
+    summary, whose keys split a table's rows when they vary within a method: two seeds give one row."""
+    from promptlab.results.table import build_table
+    from promptlab.train import run
+
+    records = [run(compose_cfg([*workspace_overrides(toy_runs), *TINY_WORLD, "shots=2", f"method={name}",
+                                f"seed={seed}", f"run_name={name}_seed{seed}"])) for seed in (1, 2)]
+    rows = [row for row in build_table(records, "base2novel").rows if not row.is_average]
+    assert len(rows) == 1 and rows[0].n_seeds == (2,), [row.keys for row in rows]
+    assert all(record["fit"] for record in records)  # what each fit chose is recorded, seed by seed
 
 
 # The worked example of CONTRIBUTING.md ("Add a method"): one class pair and a decorator, nothing else.

@@ -142,7 +142,7 @@ def test_the_learner_scores_the_closed_form_and_records_where_its_values_came_fr
     assert learner.tuned_values() == {"beta": "few-shot val", "lambda": "few-shot val"} and "proker_val_acc" in chosen
     assert chosen["proker_beta"] in linspace_grid([0.5, 3, 6])
     assert chosen["proker_lambda"] in linspace_grid([0.01, 1, 5])
-    assert learner.summary()["proker_beta"] == chosen["proker_beta"]
+    assert learner.fitted_values()["proker_beta"] == chosen["proker_beta"] and "proker_beta" not in learner.summary()
     x = F.normalize(data.train.double(), dim=-1).numpy()
     test = F.normalize(torch.randn(4, random_clip.embed_dim, generator=torch.Generator().manual_seed(5)), dim=-1)
     expected = _numpy_proker(x, data.train_labels.numpy(), learner.text_features.numpy(), test.double().numpy(),
@@ -205,7 +205,7 @@ def test_proker_runs_base_to_novel_on_the_toy_world_and_writes_a_record(tmp_path
     assert record["status"] == "complete"
     assert top1_metrics(record["metrics"]) == {"base_acc", "novel_acc", "hm"}
     summary = record["summary"]
-    assert summary["tuned_on"] == "few-shot val" and summary["proker_lambda"] > 0
+    assert summary["tuned_on"] == "few-shot val" and record["fit"]["proker_lambda"] > 0
     assert record["tuning"] == {"beta": "few-shot val", "lambda": "few-shot val"}
     assert any("ProKeR: beta=" in note for note in record["notes"])
     saved = json.loads((tmp_path / "outputs" / "runs" / "proker" / "metrics.json").read_text())

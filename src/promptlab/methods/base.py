@@ -214,6 +214,12 @@ class PromptLearner(nn.Module):
         engine adds "epoch" when it keeps the best epoch of a training run. Valid after the fit."""
         return {}
 
+    def fitted_values(self) -> dict[str, Any]:
+        """What the fit chose from data (searched hyperparameters, the epoch kept, statistics of the fit): the
+        record's `fit` section. Kept out of `summary`, whose keys split a table's rows when they vary within a
+        method (they would split it by seed). {} for a learner with nothing fitted from data."""
+        return {}
+
     def summary(self) -> dict[str, Any]:
         """The learner's part of the run record's summary: what ran (the effective context length, the prompts)."""
         out: dict[str, Any] = {}

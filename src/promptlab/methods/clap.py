@@ -326,8 +326,12 @@ class CLAP(PromptLearner):
 
     def summary(self) -> dict[str, Any]:
         out = super().summary()
-        out.update(self.fit_info)
+        out |= {"clap_constraint": self.schedule.constraint, "clap_adaptive": self.schedule.adaptive,
+                "clap_epochs": self.schedule.epochs}
         return out
+
+    def fitted_values(self) -> dict[str, Any]:
+        return dict(self.fit_info)
 
     def notes(self) -> list[str]:
         if not self.fit_info:

@@ -315,10 +315,12 @@ class GDA(PromptLearner):
     def tuned_values(self) -> dict[str, str]:
         return {"alpha": "few-shot val"} if self.search else {}
 
+    def fitted_values(self) -> dict[str, Any]:
+        return self.chosen() if self.fitted else {}
+
     def summary(self) -> dict[str, Any]:
         out = super().summary()
-        out.update(self.chosen())
-        out["gda_alpha_searched"] = self.search
+        out |= {"gda_precision": self.precision_estimate, "gda_alpha_searched": self.search}
         return out
 
     def notes(self) -> list[str]:

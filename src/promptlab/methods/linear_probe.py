@@ -110,6 +110,7 @@ class LinearProbe(PromptLearner):
         # The reference probes un-normalised features; the data module reads this to encode them so.
         self.normalize_features = normalize
         self.c_grid = [float(c) for c in c_grid]
+        self.fit_info: dict[str, Any] = {}  # what fit_features chose (the record's `fit`)
         self.search_steps = search_steps
         self.max_iter = max_iter
         self.fitted_classnames: list[str] = []
@@ -174,7 +175,11 @@ class LinearProbe(PromptLearner):
         chosen, trace = search_c(val_accuracy, self.c_grid, self.search_steps)
         self._store(fit(chosen), len(self.classnames))
         self.fitted_classnames = list(self.classnames)
-        return {"linear_probe_c": chosen, "linear_probe_val_acc": 100.0 * dict(trace)[chosen]}
+        self.fit_info = {"linear_probe_c": chosen, "linear_probe_val_acc": 100.0 * dict(trace)[chosen]}
+        return dict(self.fit_info)
+
+    def fitted_values(self) -> dict[str, Any]:
+        return dict(self.fit_info)
 
     def tuned_values(self) -> dict[str, str]:
         return {"C": "few-shot val"}  # always searched on the few-shot val split (the reference's rule)

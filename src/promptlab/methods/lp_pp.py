@@ -282,9 +282,11 @@ class LPPlusPlus(PromptLearner):
     def tuned_values(self) -> dict[str, str]:
         return {"epoch": "few-shot val"} if self.select_epoch else {}
 
+    def fitted_values(self) -> dict[str, Any]:
+        return dict(self.fit_info)
+
     def summary(self) -> dict[str, Any]:
         out = super().summary()
-        out.update(self.fit_info)
         out["lp_pp_select_epoch"] = self.select_epoch
         return out
 

@@ -238,8 +238,11 @@ class ProKeR(PromptLearner):
     def tuned_values(self) -> dict[str, str]:
         return {"beta": "few-shot val", "lambda": "few-shot val"} if self.search else {}
 
+    def fitted_values(self) -> dict[str, Any]:
+        return self.chosen()
+
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), **self.chosen()}
+        return {**super().summary(), "proker_searched": self.search}
 
     def notes(self) -> list[str]:
         how = (f"chosen on the few-shot val split from linspace grids beta {self.beta_grid}, lambda "

@@ -223,6 +223,9 @@ class TipAdapter(PromptLearner):
     def tuned_values(self) -> dict[str, str]:
         return {"alpha": "few-shot val", "beta": "few-shot val"} if self.search else {}
 
+    def fitted_values(self) -> dict[str, Any]:
+        return self.chosen()
+
     @torch.no_grad()
     def search_hyperparameters(self, data: FitFeatures) -> dict[str, Any]:
         """The reference's grid over beta (outer) and alpha (inner), keeping the first strict maximum of val
