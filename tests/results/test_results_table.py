@@ -552,3 +552,20 @@ def test_no_missing_list_when_the_jobs_cannot_be_known(tmp_path: Path) -> None:
     _multirun_yaml(custom, {"seed": "1,2"}, [], subdir="${hydra.job.num}")
     assert planned_jobs(optuna) is None and planned_jobs(custom) is None
     assert planned_jobs(tmp_path / "nothing") is None
+
+
+def test_tuned_on_filters_the_runs_and_says_what_the_runs_were_tuned_on(tmp_path: Path, capsys) -> None:
+    from promptlab.results.aggregate import read_sweep
+
+    metrics = {"base_acc": 90.0, "novel_acc": 80.0, "hm": harmonic_mean(90.0, 80.0)}
+    _write(tmp_path / "free", "base2novel", metrics, dataset="toyworld", method="clap", seed=1, tuned_on="none")
+    _write(tmp_path / "val", "base2novel", metrics, dataset="toyworld", method="gda", seed=1, tuned_on="few-shot val")
+    _write(tmp_path / "test", "base2novel", metrics, dataset="toyworld", method="tip_adapter_f", seed=1,
+           tuned_on="test")
+    (table,) = read_sweep([tmp_path], tuned_on=["none", "few-shot val"]).tables.values()
+    assert sorted(row.keys["method"] for row in table.rows if not row.is_average) == ["clap", "gda"]
+    assert main([str(tmp_path), "--tuned-on", "full val", "--out", str(tmp_path / "o"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "no complete run was tuned on full val" in err and "few-shot val, none, test" in err
+    assert main([str(tmp_path), "--tuned-on", "test", "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    assert "tip_adapter_f" in (tmp_path / "t" / "table_base2novel.md").read_text().lower().replace("-", "_")

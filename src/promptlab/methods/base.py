@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptlab.models.frozen import FrozenCLIP
+from promptlab.results.records import TUNING_SOURCES
 
 if TYPE_CHECKING:
     from promptlab.methods.prompts import TextPrompts
@@ -76,10 +77,6 @@ class Loss:
     def optimised(self) -> torch.Tensor:
         """What the engine back-propagates."""
         return self.surrogate if self.surrogate is not None else self.total
-
-
-#: Where a tuned value's data came from, from none to the one a paper must disclose most (the run's `tuned_on`).
-TUNING_SOURCES = ("none", "few-shot val", "full val", "test")
 
 
 def tuned_on(values: dict[str, str]) -> str:

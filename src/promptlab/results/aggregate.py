@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from promptlab.errors import NoCompleteRecordsError
+from promptlab.errors import NoCompleteRecordsError, RecordError
 from promptlab.io import atomic_write_text
 from promptlab.results.planned import missing_jobs
 from promptlab.results.records import SkippedRun, scan_records
@@ -89,11 +89,12 @@ def _as_paths(paths: PathArg | Iterable[PathArg]) -> list[Path]:
 
 
 def read_sweep(path: PathArg | Iterable[PathArg], ignore_keys: Iterable[str] = (),
-               all_metrics: bool = False) -> SweepTables:
+               all_metrics: bool = False, tuned_on: Iterable[str] = ()) -> SweepTables:
     """The tables of the runs under `path`: a sweep dir, a run dir, a parent of them, or several of these.
 
     Writes nothing. `ignore_keys`: summary keys that must not become columns (per-run bookkeeping);
-    `all_metrics`: top-5 and mean-per-class accuracy columns too.
+    `all_metrics`: top-5 and mean-per-class accuracy columns too; `tuned_on`: keep only the runs whose tuned
+    values saw these data (the record's `summary.tuned_on`: "none", "few-shot val", "full val", "test").
     Raises NoCompleteRecordsError when no record is complete (its message lists the runs left out),
     MissingPathError (a FileNotFoundError) for a path that does not exist, and ValueError when no record
     has the metrics its protocol's table needs.
@@ -104,8 +105,18 @@ def read_sweep(path: PathArg | Iterable[PathArg], ignore_keys: Iterable[str] = (
     skipped = list(scan.skipped) + missing_jobs(dirs)
     if not scan.complete:
         raise NoCompleteRecordsError(dirs, skipped)
-    tables = build_tables(scan.complete, ignore_keys, all_metrics)
-    return SweepTables({t.protocol: t for t in tables}, skipped, list(scan.complete))
+    complete = _tuned_on(list(scan.complete), set(tuned_on)) if tuned_on else list(scan.complete)
+    tables = build_tables(complete, ignore_keys, all_metrics)
+    return SweepTables({t.protocol: t for t in tables}, skipped, complete)
+
+
+def _tuned_on(records: list[dict[str, Any]], sources: set[str]) -> list[dict[str, Any]]:
+    kept = [r for r in records if (r.get("summary") or {}).get("tuned_on") in sources]
+    if not kept:
+        found = sorted({str((r.get("summary") or {}).get("tuned_on", "not recorded")) for r in records})
+        raise RecordError(f"no complete run was tuned on {', '.join(sorted(sources))}: the runs here were tuned on "
+                          f"{', '.join(found)} (records written before promptlab recorded it say 'not recorded').")
+    return kept
 
 
 # --------------------------------------------------------------------------- writing
@@ -184,13 +195,14 @@ def aggregate_runs(
     out_dir: PathArg | None = None,
     ignore_keys: Iterable[str] = (),
     all_metrics: bool = False,
+    tuned_on: Iterable[str] = (),
 ) -> Aggregation:
     """`read_sweep(dirs)`, then write its tables into `out_dir` (None: `default_out_dir`).
 
     Raises what read_sweep raises; nothing is written then.
     """
     paths = _as_paths(dirs)
-    sweep = read_sweep(paths, ignore_keys, all_metrics)
+    sweep = read_sweep(paths, ignore_keys, all_metrics, tuned_on)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     written = write_tables(sweep, out)
     return Aggregation(list(sweep), written, sweep.skipped, out)

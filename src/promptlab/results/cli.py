@@ -28,6 +28,7 @@ from promptlab.results.aggregate import (  # noqa: F401
     aggregate_runs,
     default_out_dir,
 )
+from promptlab.results.records import TUNING_SOURCES
 
 EXIT_OK, EXIT_NO_RECORDS, EXIT_USAGE = 0, 1, 2
 
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also put each run next to the published number (paper and table cited) with the difference",
     )
     parser.add_argument(
+        "--tuned-on", action="append", default=[], choices=TUNING_SOURCES, metavar="SOURCE",
+        help="only runs whose tuned values saw this data (the record's tuned_on: " + ", ".join(TUNING_SOURCES)
+        + "); repeatable",
+    )
+    parser.add_argument(
         "--ignore-key", action="append", default=[], metavar="KEY",
         help="summary key that must not become a column (per-run bookkeeping); repeatable",
     )
@@ -64,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = aggregate_runs(args.dirs, args.out, args.ignore_key, all_metrics=args.all_metrics)
+        result = aggregate_runs(args.dirs, args.out, args.ignore_key, all_metrics=args.all_metrics,
+                                tuned_on=args.tuned_on)
     except PromptlabError as exc:  # a bug propagates with its traceback
         if full_error_requested():
             raise

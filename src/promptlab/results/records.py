@@ -85,6 +85,11 @@ _VERSIONED_PACKAGES = {
 # --------------------------------------------------------------------------- building records
 
 
+#: Where a run's tuned value saw its data, from none to the one a paper must disclose most: each value of a record's
+#: `tuning`, and its `summary.tuned_on` (the strongest one; "none" for a validation-free run).
+TUNING_SOURCES = ("none", "few-shot val", "full val", "test")
+
+
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages that determine a run's numbers."""
     versions = {"python": platform.python_version()}
