@@ -161,3 +161,15 @@ def test_launcher_configs_compose(tmp_path):
         joblib = compose(config_name="train", overrides=["launcher=joblib"], return_hydra_config=True)
     assert "submitit" in slurm.hydra.launcher._target_ and slurm.hydra.launcher.tasks_per_node == 2
     assert "joblib" in joblib.hydra.launcher._target_ and joblib.hydra.launcher.n_jobs == 2
+
+
+@pytest.mark.slow
+def test_loader_workers_start_inside_joblib_jobs(tmp_path):
+    """A job run by joblib's loky launcher inherits loky's default multiprocessing context, which cannot start a
+    DataLoader's workers: the loaders name the platform's own start method, so image loaders with workers run."""
+    proc = run_cli(["-m", "method=zeroshot,linear_probe", "loader.num_workers=1", "launcher=joblib",
+                    *_common(tmp_path), "sweep_name=workers"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = _records(tmp_path / "outputs" / "sweeps" / "workers")
+    assert len(records) == 2 and all(r["status"] == "complete" for r in records), [r.get("error") for r in records]
+    assert all(1 in r["loader_workers"].values() for r in records)

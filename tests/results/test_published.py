@@ -22,7 +22,7 @@ import promptlab.results.published as published_module
 from promptlab.methods.registry import registered_methods
 from promptlab.results.cli import main as table_main
 from promptlab.results.metrics import harmonic_mean
-from promptlab.results.plots import is_shot_sweep, plot_table
+from promptlab.results.plots import is_shot_sweep, plot_table, series_axes
 from promptlab.results.published import (
     CI95,
     DATA_FILES,
@@ -361,8 +361,29 @@ def test_fewshot_sweep_gets_an_accuracy_versus_shots_figure(tmp_path: Path) -> N
         job += 1
     (table,) = build_tables(_records(root))
     assert is_shot_sweep(table)
+    assert series_axes(table) == []
     path = plot_table(table, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
     # One shot count only: the grouped bars, as before.
     (single,) = build_tables([r for r in _records(root) if r["summary"]["shots"] == 16])
     assert not is_shot_sweep(single)
+
+
+def test_a_key_that_follows_the_shot_count_stays_one_curve_and_a_real_axis_makes_more(tmp_path: Path) -> None:
+    """Epochs by shots (the reference's schedule) split the table's rows with the shots but draw one curve;
+    n_ctx swept at each shot count is a further axis: one curve per value."""
+    root = tmp_path / "fewshot"
+    job = 0
+    for shots in (1, 4, 16):
+        epochs = {1: 50, 4: 100, 16: 200}[shots]
+        _write(root / str(job), "fewshot", {"acc": 50.0 + shots}, dataset="dtd", method="clip_adapter", seed=1,
+               shots=shots, epochs=epochs)
+        job += 1
+        for n_ctx in (4, 16):
+            _write(root / str(job), "fewshot", {"acc": 40.0 + shots + n_ctx}, dataset="dtd", method="coop", seed=1,
+                   shots=shots, epochs=200, n_ctx=n_ctx)
+            job += 1
+    (table,) = build_tables(_records(root))
+    assert {"shots", "epochs", "n_ctx"} <= set(table.split_columns)
+    assert series_axes(table) == ["n_ctx"]
+    assert plot_table(table, tmp_path / "curve.png").read_bytes()[:8] == PNG_MAGIC

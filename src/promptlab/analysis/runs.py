@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from promptlab.analysis.drift import AnalysisError, FeaturesFn, analyze
 from promptlab.analysis.report import write_analysis
+from promptlab.engine.workers import worker_context
 from promptlab.errors import MissingPathError
 from promptlab.interpret import prompt_words
 
@@ -34,8 +35,9 @@ def prompted_features_fn(datamodule: Any, clip: Any, learner: Any) -> FeaturesFn
         dataset = ImageDataset(eval_set.items, datamodule.test_transform, on_error=datamodule.on_error,
                                check_cache_dir=datamodule.cache_dir)
         labels = torch.tensor([item.label for item in dataset.items], dtype=torch.long)
-        loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, shuffle=False,
-                            num_workers=datamodule.decode_workers(len(dataset), f"analysis ({eval_set.name})"))
+        workers = datamodule.decode_workers(len(dataset), f"analysis ({eval_set.name})")
+        loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, shuffle=False, num_workers=workers,
+                            multiprocessing_context=worker_context(workers))
         device = next(clip.parameters()).device
         was_training = learner.training
         learner.eval()

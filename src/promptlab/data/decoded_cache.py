@@ -133,9 +133,11 @@ def _image_of(sample: dict[str, Any]) -> torch.Tensor:
     return sample["image"]
 
 
-def decode_all(dataset: ImageDataset, num_workers: int = 0) -> list[torch.Tensor]:
-    """Decode (and prepare) every image of `dataset` once, in `num_workers` loader processes."""
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_image_of)
+def decode_all(dataset: ImageDataset, num_workers: int = 0, multiprocessing_context: Any = None) -> list[torch.Tensor]:
+    """Decode (and prepare) every image of `dataset` once, in `num_workers` loader processes (started with
+    `multiprocessing_context`, the engine's choice; None: torch's default)."""
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_image_of,
+                        multiprocessing_context=multiprocessing_context)
     return list(loader)
 
 
@@ -149,6 +151,7 @@ def build_decoded_images(
     keep_original: bool = False,
     test_transform: Callable[[Image.Image], Any] | None = None,
     num_workers: int = 0,
+    multiprocessing_context: Any = None,
 ) -> tuple[DecodedImages, list[dict[str, Any]]]:
     """The decoded training set and the images left out (on_error=skip), decoding each image at most once.
 
@@ -180,7 +183,7 @@ def build_decoded_images(
                 return DecodedImages(stored["images"], dataset.items), dataset.skipped
             except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as err:
                 log.warning("ignoring unreadable decoded-image cache %s (%s)", path, err)
-    images = decode_all(dataset, num_workers=num_workers)
+    images = decode_all(dataset, num_workers=num_workers, multiprocessing_context=multiprocessing_context)
     if path is not None:
         atomic_torch_save({"images": images}, path)
     return DecodedImages(images, dataset.items), dataset.skipped

@@ -236,10 +236,12 @@ class PromptDataModule(L.LightningDataModule):
         """Training images decoded once (data/decoded_cache.py); crop/flip/normalise run per batch on the
         device (on_after_batch_transfer), with a generator seeded by the run's seed and the rank."""
         pre = self.clip.preprocess_cfg
+        decoding = self.decode_workers(len(self.train_items), "decode once")
         dataset, self.train_skipped = build_decoded_images(
             self.train_items, self.clip.image_size, augment=self.augment, interpolation=pre["interpolation"],
             on_error=self.on_error, cache_dir=self.cache_dir if self.decoded_cache_disk else None,
-            test_transform=self.test_transform, num_workers=self.decode_workers(len(self.train_items), "decode once"))
+            test_transform=self.test_transform, num_workers=decoding,
+            multiprocessing_context=machine.worker_context(decoding))
         rank, _ = self._rank_world()
         norm = self.train_transform.transforms[-1]  # the PIL pipeline's Normalize: the same mean and std
         self.tensor_augment = TensorAugment(
@@ -308,7 +310,8 @@ class PromptDataModule(L.LightningDataModule):
             workers = self.decode_workers(len(self._train_dataset), "train")
         return DataLoader(self._train_dataset, batch_size=self.batch_size, shuffle=sampler is None,
                           sampler=sampler, generator=generator, drop_last=False, num_workers=workers,
-                          pin_memory=self.pins_memory and not features, persistent_workers=workers > 0)
+                          pin_memory=self.pins_memory and not features, persistent_workers=workers > 0,
+                          multiprocessing_context=machine.worker_context(workers))
 
     def state_dict(self) -> dict[str, Any]:
         # In-run checkpoints (engine/checkpointing.py): the order and the crops of the next epochs depend on
@@ -372,7 +375,8 @@ class PromptDataModule(L.LightningDataModule):
             dataset, workers = FeatureDataset(feats, labels), 0
         batch = self.eval_batch_size if self.encodes_images else self.feature_eval_batch_size
         return DataLoader(dataset, batch_size=batch, sampler=ShardSampler(len(dataset), rank, world),
-                          num_workers=workers, generator=torch.Generator())
+                          num_workers=workers, generator=torch.Generator(),
+                          multiprocessing_context=machine.worker_context(workers))
 
     def test_dataloader(self) -> DataLoader:
         if self.active_eval is None:
@@ -383,9 +387,10 @@ class PromptDataModule(L.LightningDataModule):
             images = ImageDataset(self.active_eval.items, self.test_transform, on_error=self.on_error,
                                   check_cache_dir=self.cache_dir)
             self.active_eval.skipped = images.skipped
+            workers = self.decode_workers(len(images), f"test images ({self.active_eval.name})")
             return DataLoader(images, batch_size=self.eval_batch_size, sampler=ShardSampler(len(images), rank, world),
-                              num_workers=self.decode_workers(len(images), f"test images ({self.active_eval.name})"),
-                              pin_memory=self.pins_memory)
+                              num_workers=workers, pin_memory=self.pins_memory,
+                              multiprocessing_context=machine.worker_context(workers))
         feats, labels = self.eval_features(self.active_eval)
         dataset = FeatureDataset(feats, labels)
         return DataLoader(dataset, batch_size=self.feature_eval_batch_size,

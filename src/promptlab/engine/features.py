@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from promptlab.data.types import Datum
+from promptlab.engine.workers import worker_context
 from promptlab.io import atomic_torch_save
 from promptlab.models.frozen import FrozenCLIP
 
@@ -53,7 +54,8 @@ def encode_images(
     """Image embeddings [N, D] (float32, CPU) of a dataset yielding dict(image=...), normalised unless told."""
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+                        pin_memory=device.type == "cuda", persistent_workers=False,
+                        multiprocessing_context=worker_context(num_workers))
     out = []
     with autocast_context(precision, device):
         for batch in tqdm(loader, desc=desc, leave=False, disable=None):

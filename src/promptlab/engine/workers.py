@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
+from multiprocessing.context import BaseContext
 
 import torch
 
@@ -49,3 +52,12 @@ def random_stream_workers(configured: int | None) -> int:
 def pin_memory(configured: bool | None, device: torch.device) -> bool:
     """`configured` when set, else pinned exactly when the batches go to a CUDA device."""
     return bool(configured) if configured is not None else device.type == "cuda"
+
+
+def worker_context(num_workers: int) -> BaseContext | None:
+    """How a loader starts its worker processes: the platform's own method (fork on Linux, spawn elsewhere), named
+    explicitly because a sweep job run by joblib's loky launcher inherits loky's default context, which cannot start
+    a DataLoader's workers ("'Process' object has no attribute 'env'"). None without workers."""
+    if num_workers <= 0:
+        return None
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -133,13 +134,29 @@ def is_shot_sweep(table: ResultTable) -> bool:
     return len({row.keys.get("shots") for row in table.rows}) > 1
 
 
+def series_axes(table: ResultTable) -> list[str]:
+    """The split columns besides shots that separate curves: those taking several values at one (dataset, method,
+    shots). A key that only follows the shot count (epochs by shots, the reference's schedule) stays one curve."""
+    axes = []
+    for column in table.split_columns:
+        if column == "shots":
+            continue
+        values: dict[tuple[str, str, Any], set[str]] = {}
+        for row in table.rows:
+            point = (row.labels["dataset"], row.labels["method"], row.keys.get("shots"))
+            values.setdefault(point, set()).add(str(row.keys.get(column)))
+        if any(len(found) > 1 for found in values.values()):
+            axes.append(column)
+    return axes
+
+
 def plot_accuracy_vs_shots(table: ResultTable, path: str | os.PathLike[str], column: str = "acc") -> Path:
     """Accuracy versus shots for a fewshot sweep (see the module docstring); returns the PNG path."""
     if not is_shot_sweep(table):
         raise ValueError("plot_accuracy_vs_shots needs a fewshot table with several shot counts "
                          f"(protocol {table.protocol!r}, split by {table.split_columns}).")
     panels = list(dict.fromkeys(row.labels["dataset"] for row in table.rows))
-    others = [c for c in table.split_columns if c != "shots"]  # further axes (n_ctx, ...) make more series
+    others = series_axes(table)  # further axes (n_ctx, ...) make more series
     methods = list(dict.fromkeys(
         ", ".join([row.labels["method"], *(f"{table.title_of(c)}={row.labels.get(c, '')}" for c in others)])
         for row in table.rows))
