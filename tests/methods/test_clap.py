@@ -32,6 +32,7 @@ from promptlab.methods.clap import (
 )
 from promptlab.methods.prompts import class_embeddings
 from promptlab.train import run
+from tests.methods.cached_features import Untouchable
 from tests.runs import compose_cfg, tiny_overrides, top1_metrics
 
 NAMES = ["red circle", "blue square", "green star"]
@@ -243,13 +244,6 @@ def _fit_data(dim: int, seed: int = 3, shots: int = 4) -> FitFeatures:
                        val_labels=torch.arange(3))
 
 
-class _Untouchable:
-    """A val split that fails on any use: a validation-free fit must not read it."""
-
-    def __getattr__(self, name: str):
-        raise AssertionError(f"the validation split was read ({name})")
-
-
 def test_the_init_is_the_zero_shot_classifier(random_clip) -> None:
     learner = _learner(random_clip)
     raw = torch.stack([random_clip.adapter.encode_tokens(random_clip.tokenize([t.format(n) for n in NAMES]),
@@ -271,7 +265,7 @@ def test_the_init_is_the_zero_shot_classifier(random_clip) -> None:
 
 def test_the_fit_reads_no_validation_data_and_the_constraint_keeps_it_nearer(random_clip) -> None:
     data = _fit_data(random_clip.embed_dim)
-    blind = FitFeatures(train=data.train, train_labels=data.train_labels, val=_Untouchable(), val_labels=_Untouchable())
+    blind = FitFeatures(train=data.train, train_labels=data.train_labels, val=Untouchable(), val_labels=Untouchable())
     clap = _learner(random_clip, epochs=40)
     chosen = clap.fit_features(random_clip, blind)
     assert clap.tuned_values() == {} and "clap_val_acc" not in chosen

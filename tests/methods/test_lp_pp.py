@@ -25,30 +25,15 @@ from promptlab.methods.lp_pp import (
     train,
 )
 from promptlab.train import run
+from tests.methods.cached_features import Untouchable, gaussian_classes
 from tests.runs import compose_cfg, tiny_overrides, top1_metrics
 
 NAMES = ["red circle", "blue square", "green star"]
 TEMPLATES = ["a photo of a {}."]
 
 
-def _toy(seed: int = 0, classes: int = 3, dim: int = 8, shots: int = 4, n_val: int = 4, n_test: int = 5,
-         scale: float = 0.5) -> tuple:
-    """Normalised Gaussian features per class (train, val, test, drawn in that order) and text embeddings near the
-    class means, from numpy's legacy RandomState (stable across versions: the reference ran on the same draw)."""
-    rs = np.random.RandomState(seed)
-    means = rs.randn(classes, dim) * scale
-
-    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        x = np.concatenate([means[c] + rs.randn(n, dim) for c in range(classes)])
-        return x / np.linalg.norm(x, axis=1, keepdims=True), np.repeat(np.arange(classes), n)
-
-    train_split, val, test = draw(shots), draw(n_val), draw(n_test)
-    text = means + 0.8 * rs.randn(classes, dim)
-    return train_split, val, test, text / np.linalg.norm(text, axis=1, keepdims=True)
-
-
 def test_the_step_sizes_and_the_init_are_the_reference_rules() -> None:
-    (x, y), _, _, text = _toy()
+    (x, y), _, _, text = gaussian_classes()
     z = x @ text.T
     expected_sums = np.stack([x[y == c].sum(axis=0) for c in range(3)])
     expected_alpha = 250.0 * np.mean([z[y == c, c].mean() for c in range(3)])
@@ -69,7 +54,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def test_the_loop_is_momentum_sgd_on_the_probe_and_an_accumulated_gradient_step_on_alpha() -> None:
     """Three epochs by hand: W, b take SGD-with-momentum steps on the mean cross-entropy; alpha's gradient is summed
     and never reset, and (every 2nd epoch here) alpha steps by the rate times that sum."""
-    (x, y), _, _, text = _toy(seed=1)
+    (x, y), _, _, text = gaussian_classes(seed=1)
     n, classes = len(x), 3
     onehot = np.eye(classes)[y]
     z = x @ text.T
@@ -95,8 +80,8 @@ def test_the_loop_is_momentum_sgd_on_the_probe_and_an_accumulated_gradient_step_
 
 # Produced by the reference, FereshteShakeri/FewShot-CLIP-Strong-Baseline at f81054f995b060f8348d20e7306e15889b70c786,
 # methods/linear_probe_p2.py (LinearProbe_P2.forward, calculate_lr_w / calculate_lr_alpha / calculate_init_alpha) run
-# on CPU on `_toy()` (train_epoch 300, shots 4; text weights passed as [D, C]; a model whose dtype is float64 and whose
-# encode_image is the identity; `.cuda()` made a no-op and the fp16 one-hot of methods/utils.get_one_hot cast to
+# on CPU on `gaussian_classes()` (train_epoch 300, shots 4; text weights passed as [D, C]; a model whose dtype is
+# float64 and whose encode_image is the identity; `.cuda()` made a no-op and the fp16 one-hot of methods/utils.get_one_hot cast to
 # float64, so that it runs on CPU in float64), torch.manual_seed(0) before the call; bias0 is the default nn.Linear
 # bias it drew, read back. The final tensors are those after the 300 epochs; val_history the accuracies it printed.
 REFERENCE = {
@@ -119,7 +104,7 @@ REFERENCE = {
 
 
 def test_training_reproduces_the_reference_code() -> None:
-    (x, y), (xv, yv), _, text = _toy()
+    (x, y), (xv, yv), _, text = gaussian_classes()
     xt, yt, tt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(text)
     z = xt @ tt.t()
     assert lr_weight(xt) == pytest.approx(REFERENCE["lr_w"], rel=1e-9)
@@ -150,21 +135,14 @@ def _learner(clip, **kwargs) -> LPPlusPlus:
 
 
 def _fit_data(dim: int, seed: int = 2) -> FitFeatures:
-    (x, y), (xv, yv), _, _ = _toy(seed=seed, dim=dim, scale=0.3)
+    (x, y), (xv, yv), _, _ = gaussian_classes(seed=seed, dim=dim, scale=0.3)
     return FitFeatures(train=torch.from_numpy(x).float(), train_labels=torch.from_numpy(y),
                        val=torch.from_numpy(xv).float(), val_labels=torch.from_numpy(yv))
 
 
-class _Untouchable:
-    """A val split that fails on any use: a validation-free fit must not read it."""
-
-    def __getattr__(self, name: str):
-        raise AssertionError(f"the validation split was read ({name})")
-
-
 def test_without_epoch_selection_no_validation_data_is_read(random_clip) -> None:
     data = _fit_data(random_clip.embed_dim)
-    blind = FitFeatures(train=data.train, train_labels=data.train_labels, val=_Untouchable(), val_labels=_Untouchable())
+    blind = FitFeatures(train=data.train, train_labels=data.train_labels, val=Untouchable(), val_labels=Untouchable())
     learner = _learner(random_clip, select_epoch=False, epochs=30)
     chosen = learner.fit_features(random_clip, blind)
     assert learner.tuned_values() == {} and chosen["lp_pp_selected_epoch"] == 30 and "lp_pp_val_acc" not in chosen

@@ -22,26 +22,11 @@ from promptlab.methods.proker import (
     sphere_rbf,
 )
 from promptlab.train import run
+from tests.methods.cached_features import Untouchable, gaussian_classes
 from tests.runs import compose_cfg, tiny_overrides, top1_metrics
 
 NAMES = ["red circle", "blue square", "green star"]
 TEMPLATES = ["a photo of a {}."]
-
-
-def _toy(seed: int = 0, classes: int = 3, dim: int = 8, shots: int = 4, n_val: int = 4, n_test: int = 5,
-         scale: float = 0.5) -> tuple:
-    """Normalised Gaussian features per class (train, val, test, drawn in that order) and text embeddings near the
-    class means, from numpy's legacy RandomState (stable across versions: the reference ran on the same draw)."""
-    rs = np.random.RandomState(seed)
-    means = rs.randn(classes, dim) * scale
-
-    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        x = np.concatenate([means[c] + rs.randn(n, dim) for c in range(classes)])
-        return x / np.linalg.norm(x, axis=1, keepdims=True), np.repeat(np.arange(classes), n)
-
-    train, val, test = draw(shots), draw(n_val), draw(n_test)
-    text = means + 0.8 * rs.randn(classes, dim)
-    return train, val, test, text / np.linalg.norm(text, axis=1, keepdims=True)
 
 
 def _numpy_proker(x: np.ndarray, y: np.ndarray, text: np.ndarray, test: np.ndarray, beta: float,
@@ -54,7 +39,7 @@ def _numpy_proker(x: np.ndarray, y: np.ndarray, text: np.ndarray, test: np.ndarr
 
 
 def test_the_closed_form_is_kernel_ridge_regression_of_the_zero_shot_residual() -> None:
-    (x, y), _, (xt, _), text = _toy(seed=1)
+    (x, y), _, (xt, _), text = gaussian_classes(seed=1)
     xs, ts = torch.from_numpy(x), torch.from_numpy(text)
     residual = F.one_hot(torch.from_numpy(y), 3).double() - xs @ ts.t()
     coef = dual_coefficients(xs, residual, 1.3, 0.2)
@@ -74,7 +59,7 @@ def test_the_grids_are_torch_linspace_in_the_reference_float32() -> None:
 
 
 def test_the_search_keeps_the_first_strict_maximum_and_the_start_when_nothing_is_right() -> None:
-    (x, y), (xv, yv), _, text = _toy(seed=2, scale=1.0)
+    (x, y), (xv, yv), _, text = gaussian_classes(seed=2, scale=1.0)
     xs, ts, vs, vl = torch.from_numpy(x), torch.from_numpy(text), torch.from_numpy(xv), torch.from_numpy(yv)
     residual = F.one_hot(torch.from_numpy(y), 3).double() - xs @ ts.t()
     betas, lambdas = [0.5, 1.0, 2.0], [0.01, 0.1, 1.0]
@@ -93,7 +78,8 @@ def test_the_search_keeps_the_first_strict_maximum_and_the_start_when_nothing_is
 # Produced by the reference: ybendou's last commit of ProKeR (f2ecb3d2a0d7e0993f977e550286b34f06015edb, as held by
 # the fork github.com/omarnust/BReg-Adapter), trainers/proker.py::ProKeR(vecs, labels, val, val_labels, test,
 # clip_weights [D, C], dataset, shots=4, seed=1, hp_selection="tip-adapter") run on CPU in float32 on
-# `_toy(seed=2, scale=1.0)` with the caltech101 grids (beta [0.5, 3, 20], lmbda [0.001, 1, 10]); utils.cls_acc
+# `gaussian_classes(seed=2, scale=1.0)` with the caltech101 grids (beta [0.5, 3, 20], lmbda [0.001, 1, 10]);
+# utils.cls_acc
 # rewritten with .item() (its float() of a [1] array fails on numpy 2). The chosen values and its test logits.
 REFERENCE_BETA, REFERENCE_LAMBDA = 2.21052622795105, 0.8889999985694885
 REFERENCE_TEST_LOGITS = [
@@ -105,7 +91,7 @@ REFERENCE_TEST_LOGITS = [
 
 
 def test_search_and_logits_reproduce_the_reference_code() -> None:
-    (x, y), (xv, yv), (xt, _), text = _toy(seed=2, scale=1.0)
+    (x, y), (xv, yv), (xt, _), text = gaussian_classes(seed=2, scale=1.0)
     xs, ts, vs = torch.from_numpy(x), torch.from_numpy(text), torch.from_numpy(xv)
     residual = F.one_hot(torch.from_numpy(y), 3).double() - xs @ ts.t()
     beta, lmbda, correct = search_beta_lambda(xs, residual, vs, vs @ ts.t(), torch.from_numpy(yv),
@@ -123,16 +109,9 @@ def _learner(clip, **kwargs) -> ProKeR:
 
 
 def _fit_data(dim: int, seed: int = 3) -> FitFeatures:
-    (x, y), (xv, yv), _, _ = _toy(seed=seed, dim=dim, scale=0.3)
+    (x, y), (xv, yv), _, _ = gaussian_classes(seed=seed, dim=dim, scale=0.3)
     return FitFeatures(train=torch.from_numpy(x).float(), train_labels=torch.from_numpy(y),
                        val=torch.from_numpy(xv).float(), val_labels=torch.from_numpy(yv))
-
-
-class _Untouchable:
-    """A val split that fails on any use: a validation-free fit must not read it."""
-
-    def __getattr__(self, name: str):
-        raise AssertionError(f"the validation split was read ({name})")
 
 
 def test_the_learner_scores_the_closed_form_and_records_where_its_values_came_from(random_clip) -> None:
@@ -155,7 +134,7 @@ def test_the_learner_scores_the_closed_form_and_records_where_its_values_came_fr
 
 def test_without_the_search_no_validation_data_is_read(random_clip) -> None:
     data = _fit_data(random_clip.embed_dim)
-    blind = FitFeatures(train=data.train, train_labels=data.train_labels, val=_Untouchable(), val_labels=_Untouchable())
+    blind = FitFeatures(train=data.train, train_labels=data.train_labels, val=Untouchable(), val_labels=Untouchable())
     learner = _learner(random_clip, search=False, beta=2.0, lmbda=0.3)
     chosen = learner.fit_features(random_clip, blind)
     assert chosen == {"proker_beta": 2.0, "proker_lambda": 0.3} and learner.tuned_values() == {}
