@@ -79,10 +79,10 @@ def test_the_loop_is_momentum_sgd_on_the_probe_and_an_accumulated_gradient_step_
 
 
 # Produced by the reference, FereshteShakeri/FewShot-CLIP-Strong-Baseline at f81054f995b060f8348d20e7306e15889b70c786,
-# methods/linear_probe_p2.py (LinearProbe_P2.forward, calculate_lr_w / calculate_lr_alpha / calculate_init_alpha) run
-# on CPU on `gaussian_classes()` (train_epoch 300, shots 4; text weights passed as [D, C]; a model whose dtype is
-# float64 and whose encode_image is the identity; `.cuda()` made a no-op and the fp16 one-hot of
-# methods/utils.get_one_hot cast to float64, so that it runs on CPU in float64), torch.manual_seed(0) before the call; bias0 is the default nn.Linear
+# methods/linear_probe_p2.py (LinearProbe_P2.forward, calculate_lr_w / calculate_lr_alpha / calculate_init_alpha) run on
+# CPU on `gaussian_classes()` (train_epoch 300, shots 4; text weights passed as [D, C]; a model whose dtype is float64
+# and whose encode_image is the identity; `.cuda()` made a no-op and the fp16 one-hot of methods/utils.get_one_hot cast
+# to float64, so that it runs on CPU in float64), torch.manual_seed(0) before the call; bias0 is the default nn.Linear
 # bias it drew, read back. The final tensors are those after the 300 epochs; val_history the accuracies it printed.
 REFERENCE = {
     "lr_w": 12.933159808160017, "lr_alpha": 1.9277985044101498, "alpha_init": 44.88648847176403,
